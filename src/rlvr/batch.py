@@ -1,0 +1,122 @@
+"""The data that flows through one training step: examples in, one roll-out batch through every plugin.
+
+Shapes: N = prompts x group size samples, P = padded prompt length, C = padded completion length.
+A plugin reads the fields it needs and fills the ones it makes; nobody reaches around the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: what the model sees, the answer that is checked, and the reference steps.
+
+    `steps` is the ground-truth solution split into reasoning steps (empty: no reference, never guided);
+    `step_separator` joins them back into solution text; `step_style` names how a response to this
+    problem is split into steps (see `rlvr.data.steps.split_steps`).
+    """
+
+    id: str
+    prompt: str
+    answer: str
+    steps: tuple[str, ...] = ()
+    step_separator: str = "\n"
+    step_style: str = "lines"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def solution(self) -> str:
+        return self.step_separator.join(self.steps)
+
+    def solution_prefix(self, num_steps: int) -> str:
+        """The first `num_steps` reference steps, each followed by the separator, ready to continue from."""
+        return "".join(step + self.step_separator for step in self.steps[:num_steps])
+
+
+@dataclass
+class RolloutBatch:
+    examples: list[Example]  # [N], each prompt's example repeated for its group
+    group_ids: Tensor  # [N] long, 0..num_groups-1, samples of a group are contiguous
+    prompt_ids: Tensor  # [N, P] left-padded
+    prompt_mask: Tensor  # [N, P] 1 on prompt tokens
+    completion_ids: Tensor  # [N, C] right-padded; guidance tokens (if any) first
+    token_mask: Tensor  # [N, C] 1 on completion tokens that exist (not padding)
+    loss_mask: Tensor  # [N, C] 1 on tokens that are scored by the loss (see completion_loss_mask)
+    completion_texts: list[str]  # [N] decoded completions, guidance included
+    truncated: Tensor  # [N] bool: hit max_new_tokens without EOS
+    guided: Tensor  # [N] bool
+    guidance_tokens: Tensor  # [N] long: leading completion tokens copied from the reference
+    guidance_length: float = 0.0  # the schedule's length at this step, in its unit
+    rewards: Tensor | None = None  # [N] float
+    correct: Tensor | None = None  # [N] bool
+    first_error_step: Tensor | None = None  # [N] long, judge output: -1 no error found / not judged
+    rts: Tensor | None = None  # [N] float, reasoning-trajectory score; nan where not judged
+    old_logprobs: Tensor | None = None  # [N, C]
+    ref_logprobs: Tensor | None = None  # [N, C]
+    advantages: Tensor | None = None  # [N, C]
+    metrics: dict[str, float] = field(default_factory=dict)
+    tokenizer: Any = field(default=None, repr=False)  # decodes completion_ids; step -> token spans need it
+
+    @property
+    def num_samples(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group_ids.max().item()) + 1 if self.num_samples else 0
+
+    @property
+    def group_size(self) -> int:
+        return self.num_samples // max(self.num_groups, 1)
+
+    @property
+    def input_ids(self) -> Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        return torch.cat([self.prompt_mask, self.token_mask], dim=1)
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **moved)
+
+    def select(self, index: Tensor) -> RolloutBatch:
+        """The samples at `index` (a mini-batch); tensors indexed along dim 0, lists likewise."""
+        out = {}
+        positions = index.tolist()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                out[f.name] = value[index.to(value.device)]
+            elif isinstance(value, list):
+                out[f.name] = [value[i] for i in positions]
+        return replace(self, **out, metrics={})
+
+
+def completion_loss_mask(
+    token_mask: Tensor,
+    guidance_tokens: Tensor,
+    truncated: Tensor,
+    loss_on_guidance: bool,
+    mask_truncated: bool,
+) -> Tensor:
+    """Which completion tokens the policy is scored on.
+
+    Padding never counts. Guidance tokens count only with `loss_on_guidance` (the G2RPO-A authors'
+    behaviour); otherwise they are context the policy never sampled. A truncated completion is dropped
+    whole when `mask_truncated` (DAPO's overlong filtering), else it is scored like any other.
+    """
+    mask = token_mask.bool().clone()
+    if not loss_on_guidance:
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        mask &= positions[None, :] >= guidance_tokens[:, None]
+    if mask_truncated:
+        mask &= ~truncated.bool()[:, None]
+    return mask.to(token_mask.dtype)

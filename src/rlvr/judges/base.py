@@ -1,0 +1,48 @@
+"""Step-wise judge interface: (problem, reference solution, response steps) in, first wrong step out."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from rlvr.batch import Example
+
+
+@dataclass(frozen=True)
+class Verdict:
+    first_error: int | None  # index of the first wrong step; None: the judge found no error
+    parsed: bool = True  # False: the judge's output could not be read (first_error is the fallback)
+
+
+class Judge(ABC):
+    """Batched, cached by (prompt, response) hash. Subclasses implement `_judge` on cache misses."""
+
+    def __init__(self, cache_size: int = 100_000):
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Verdict] = OrderedDict()
+
+    @abstractmethod
+    def _judge(self, examples: list[Example], responses: list[list[str]]) -> list[Verdict]: ...
+
+    @staticmethod
+    def _key(example: Example, steps: list[str]) -> str:
+        payload = "\x1e".join([example.prompt, example.solution, *steps])
+        return hashlib.sha1(payload.encode()).hexdigest()
+
+    def __call__(self, examples: list[Example], responses: list[list[str]]) -> list[Verdict]:
+        keys = [self._key(e, s) for e, s in zip(examples, responses, strict=True)]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            fresh = self._judge([examples[i] for i in missing], [responses[i] for i in missing])
+            if len(fresh) != len(missing):
+                raise RuntimeError(f"{type(self).__name__} returned {len(fresh)} verdicts for {len(missing)} responses")
+            for i, verdict in zip(missing, fresh):
+                self._cache[keys[i]] = verdict
+        out = [self._cache[k] for k in keys]
+        for k in keys:
+            self._cache.move_to_end(k)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
