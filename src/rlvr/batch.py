@@ -120,3 +120,61 @@ def completion_loss_mask(
     if mask_truncated:
         mask &= ~truncated.bool()[:, None]
     return mask.to(token_mask.dtype)
+
+
+def build_rollout_batch(
+    examples: list[Example],
+    group_size: int,
+    prompt_ids: list[list[int]],
+    plan: Any,
+    generations: list[Any],
+    tokenizer: Any,
+    max_new_tokens: int,
+    loss_on_guidance: bool,
+    mask_truncated: bool,
+) -> RolloutBatch:
+    """Pad prompts (left) and completions (right) into one batch.
+
+    A guided sample's completion is its guidance prefix followed by what the model generated after it,
+    cut to `max_new_tokens` in total; cut or never ended by EOS means truncated.
+    `prompt_ids`, `plan.prefix_ids` and `generations` are per sample (N), `examples` per prompt.
+    """
+    n = len(examples) * group_size
+    if not len(prompt_ids) == len(plan.prefix_ids) == len(generations) == n:
+        raise ValueError(f"expected {n} samples, got {len(prompt_ids)} prompts, {len(plan.prefix_ids)} plans, {len(generations)} generations")
+    completions, truncated, guidance_tokens = [], [], []
+    for prefix, gen in zip(plan.prefix_ids, generations):
+        full = list(prefix) + list(gen.token_ids)
+        truncated.append(not gen.finished or len(full) > max_new_tokens)
+        completions.append(full[:max_new_tokens])
+        guidance_tokens.append(min(len(prefix), max_new_tokens))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_width = max(len(p) for p in prompt_ids)
+    width = max(1, max(len(c) for c in completions))
+    prompt_tensor = torch.full((n, prompt_width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((n, prompt_width), dtype=torch.long)
+    completion_tensor = torch.full((n, width), pad, dtype=torch.long)
+    token_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_ids, completions)):
+        prompt_tensor[i, prompt_width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[i, prompt_width - len(p) :] = 1
+        completion_tensor[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        token_mask[i, : len(c)] = 1
+    truncated_t = torch.tensor(truncated, dtype=torch.bool)
+    guidance_t = torch.tensor(guidance_tokens, dtype=torch.long)
+    return RolloutBatch(
+        examples=[examples[i // group_size] for i in range(n)],
+        group_ids=torch.arange(n) // group_size,
+        prompt_ids=prompt_tensor,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_tensor,
+        token_mask=token_mask,
+        loss_mask=completion_loss_mask(token_mask, guidance_t, truncated_t, loss_on_guidance, mask_truncated),
+        completion_texts=tokenizer.batch_decode(completions, skip_special_tokens=True),
+        truncated=truncated_t,
+        guided=torch.tensor(plan.guided, dtype=torch.bool),
+        guidance_tokens=guidance_t,
+        guidance_length=float(plan.length),
+        metrics={"guidance/unguidable": float(plan.unguidable)} if plan.unguidable else {},
+        tokenizer=tokenizer,
+    )

@@ -20,6 +20,15 @@ class AdvantageEstimator(ABC):
     def __call__(self, batch: RolloutBatch) -> Tensor: ...
 
 
+SCALES = ("group", "batch", "none")
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"advantage scale must be one of {' | '.join(SCALES)}, got {scale!r}")
+    return scale
+
+
 def group_normalize(rewards: Tensor, group_ids: Tensor, scale: str = "group", eps: float = 1e-6) -> Tensor:
     """Group-relative advantage per sample: (r - mean_group) / std.
 
@@ -28,8 +37,7 @@ def group_normalize(rewards: Tensor, group_ids: Tensor, scale: str = "group", ep
     the scale (its centred rewards are exactly 0; no epsilon ever divides a non-zero by ~0).
     Std is the unbiased sample std, as in the GRPO paper's and TRL's reference code.
     """
-    if scale not in ("group", "batch", "none"):
-        raise ValueError(f"scale must be one of group | batch | none, got {scale!r}")
+    check_scale(scale)
     rewards = rewards.float()
     num_groups = int(group_ids.max().item()) + 1
     counts = torch.bincount(group_ids, minlength=num_groups).float()

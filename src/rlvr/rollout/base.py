@@ -32,7 +32,8 @@ class RolloutEngine(ABC):
         self.max_new_tokens = max_new_tokens
 
     @abstractmethod
-    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int | None = None) -> list[Generation]: ...
+    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int | None = None, greedy: bool = False) -> list[Generation]:
+        """One completion per prompt (the caller repeats a prompt G times); greedy overrides temperature."""
 
     @abstractmethod
     def update_weights(self, model: Any, tokenizer: Any = None) -> None: ...

@@ -23,15 +23,15 @@ class HFEngine(RolloutEngine):
             self.tokenizer = tokenizer
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int | None = None) -> list[Generation]:
+    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int | None = None, greedy: bool = False) -> list[Generation]:
         if self.model is None or self.tokenizer is None:
             raise RuntimeError("HFEngine.generate before update_weights(model, tokenizer)")
         out: list[Generation] = []
         for start in range(0, len(prompt_ids), self.batch_size):
-            out += self._generate_chunk(prompt_ids[start : start + self.batch_size], max_new_tokens or self.max_new_tokens)
+            out += self._generate_chunk(prompt_ids[start : start + self.batch_size], max_new_tokens or self.max_new_tokens, greedy)
         return out
 
-    def _generate_chunk(self, prompts: list[list[int]], max_new_tokens: int) -> list[Generation]:
+    def _generate_chunk(self, prompts: list[list[int]], max_new_tokens: int, greedy: bool) -> list[Generation]:
         model, tok = self.model, self.tokenizer
         device = next(model.parameters()).device
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -42,7 +42,7 @@ class HFEngine(RolloutEngine):
             input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention[i, width - len(p) :] = 1
         eos_ids = _eos_ids(tok, model)
-        greedy = self.temperature == 0
+        greedy = greedy or self.temperature == 0
         was_training = model.training
         model.eval()
         try:

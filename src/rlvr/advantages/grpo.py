@@ -1,0 +1,19 @@
+"""GRPO (arXiv 2402.03300): each sample's reward relative to its group, the same value on every token."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from rlvr.advantages.base import AdvantageEstimator, broadcast_to_tokens, check_scale, group_normalize
+from rlvr.batch import RolloutBatch
+
+
+class GRPOAdvantage(AdvantageEstimator):
+    """A_i = (r_i - mean_group(r)) / std, std per `scale`: group (GRPO), batch, or none (Dr. GRPO)."""
+
+    def __init__(self, scale: str = "group", eps: float = 1e-6):
+        self.scale, self.eps = check_scale(scale), eps
+
+    def __call__(self, batch: RolloutBatch) -> Tensor:
+        per_sample = group_normalize(batch.rewards, batch.group_ids, self.scale, self.eps)
+        return broadcast_to_tokens(per_sample, batch.loss_mask)

@@ -1,0 +1,214 @@
+"""Math word-problem sets loaded with `datasets`: GSM8K and MATH-500.
+
+Each loads from the Hugging Face hub by name, or from a local directory of JSON-lines files named after
+the splits (`train.jsonl`, `test.jsonl`), the same rows offline. Rows are checked as they are converted:
+a missing field is an error naming where it came from, never a silently empty example.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from rlvr.batch import Example
+from rlvr.data.steps import step_texts
+
+BOXED_PROMPT = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+_CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<16-3-4=9>>
+
+
+def _check_size(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be a non-negative integer or null, got {value!r}")
+
+
+class HubTask:
+    """Shared loading and row checks; subclasses turn one checked row into an Example."""
+
+    name = "hub"
+
+    def __init__(self, path: str | None, hub_name: str, hub_config: str | None, prompt_template: str, use_chat_template: bool):
+        try:
+            prompt_template.format(prompt="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"prompt_template must be a str.format template whose only field is {{prompt}} "
+                f"(write literal braces as {{{{ }}}}), got {prompt_template!r}: {exc!r}"
+            ) from exc
+        if "{prompt}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain {{prompt}}, got {prompt_template!r}")
+        self.path = Path(path) if path is not None else None
+        self.hub_name, self.hub_config = hub_name, hub_config
+        self.prompt_template, self.use_chat_template = prompt_template, use_chat_template
+        self._splits: dict[str, list[dict[str, Any]]] = {}
+
+    def source(self, split: str) -> str:
+        """Where `split` comes from, for error messages: the file, or the hub name."""
+        if self.path is not None:
+            return str(self.path / f"{split}.jsonl")
+        return self.hub_name + (f" (config {self.hub_config})" if self.hub_config else "")
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        """All raw rows of `split`, loaded once."""
+        if split not in self._splits:
+            import datasets  # slow import, only when data is actually needed
+
+            if self.path is not None:
+                file = self.path / f"{split}.jsonl"
+                if not file.is_file():
+                    raise FileNotFoundError(f"{self.name}: no file {file} for split {split!r}")
+                data = datasets.load_dataset("json", data_files={split: str(file)}, split=split)
+            else:
+                data = datasets.load_dataset(self.hub_name, self.hub_config, split=split)
+            self._splits[split] = list(data)
+        return self._splits[split]
+
+    def where(self, split: str, index: int) -> str:
+        return f"{self.name}: {self.source(split)}, split {split!r}, row {index}"
+
+    def field(self, row: dict[str, Any], name: str, split: str, index: int) -> str:
+        """A required string field; missing (absent, null) or non-string is an error naming its row."""
+        value = row.get(name)
+        if not isinstance(value, str):
+            problem = "is missing" if value is None else f"is {type(value).__name__}, not a string"
+            raise ValueError(f"{self.where(split, index)}: field {name!r} {problem}")
+        return value
+
+    def examples(self, split: str, start: int, stop: int) -> list[Example]:
+        rows = self.rows(split)
+        return [self.make_example(rows[i], split, i) for i in range(start, stop)]
+
+    def first(self, split: str, size: int | None, size_name: str) -> list[Example]:
+        """The first `size` rows of `split` (all when None): deterministic, no shuffling."""
+        available = len(self.rows(split))
+        if size is not None and size > available:
+            raise ValueError(f"{self.name}: {size_name}={size} but split {split!r} of {self.source(split)} has {available} rows")
+        return self.examples(split, 0, available if size is None else size)
+
+    def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
+        raise NotImplementedError
+
+
+class GSM8K(HubTask):
+    """GSM8K grade-school word problems; the answer is the number after '####'.
+
+    Reference steps are the solution's lines before '####' with calculator annotations removed.
+    Sizes take the first rows of a split (null: all of it).
+    """
+
+    name = "gsm8k"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        hub_name: str = "openai/gsm8k",
+        hub_config: str | None = "main",
+        train_split: str = "train",
+        val_split: str = "test",
+        train_size: int | None = None,
+        val_size: int | None = 200,
+        prompt_template: str = BOXED_PROMPT,
+        use_chat_template: bool = True,
+    ):
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template)
+        _check_size("train_size", train_size)
+        _check_size("val_size", val_size)
+        self.train_split, self.val_split = train_split, val_split
+        self.train_size, self.val_size = train_size, val_size
+
+    def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
+        question = self.field(row, "question", split, index)
+        solution = self.field(row, "answer", split, index)
+        if "####" not in solution:
+            raise ValueError(f"{self.where(split, index)}: field 'answer' has no '####' final answer")
+        body, final = solution.rsplit("####", 1)
+        answer = final.strip().replace(",", "")
+        if not answer:
+            raise ValueError(f"{self.where(split, index)}: field 'answer' is empty after '####'")
+        lines = (_CALCULATOR.sub("", line).strip() for line in body.split("\n"))
+        return Example(
+            id=f"gsm8k-{split}-{index}",
+            prompt=question,
+            answer=answer,
+            steps=tuple(line for line in lines if line),
+            step_separator="\n",
+            step_style="lines",
+            meta={"source": self.name, "split": split, "index": index},
+        )
+
+    def train(self) -> list[Example]:
+        return self.first(self.train_split, self.train_size, "train_size")
+
+    def val(self) -> list[Example]:
+        return self.first(self.val_split, self.val_size, "val_size")
+
+
+class MATH500(HubTask):
+    """MATH-500, the 500-problem test subset of MATH; the answer is the dataset's `answer` field.
+
+    It has a single split, so train and validation are a deterministic disjoint cut of it: validation is
+    the last `val_size` rows, training is the rows before them (the first `train_size` of those; null: all).
+    Reference steps are the LaTeX solution split with `split_steps(solution, "latex")`.
+    """
+
+    name = "math500"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        hub_name: str = "HuggingFaceH4/MATH-500",
+        hub_config: str | None = None,
+        split: str = "test",
+        train_size: int | None = None,
+        val_size: int = 100,
+        prompt_template: str = BOXED_PROMPT,
+        use_chat_template: bool = True,
+    ):
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template)
+        _check_size("train_size", train_size)
+        if not isinstance(val_size, int) or val_size < 0:
+            raise ValueError(f"val_size must be a non-negative integer, got {val_size!r}")
+        self.split, self.train_size, self.val_size = split, train_size, val_size
+
+    def _cut(self) -> int:
+        """Index of the first validation row."""
+        total = len(self.rows(self.split))
+        if self.val_size > total:
+            raise ValueError(f"{self.name}: val_size={self.val_size} but split {self.split!r} of {self.source(self.split)} has {total} rows")
+        cut = total - self.val_size
+        if self.train_size is not None and self.train_size > cut:
+            raise ValueError(
+                f"{self.name}: train_size={self.train_size} but only {cut} rows of split {self.split!r} "
+                f"are left for training after the last val_size={self.val_size}"
+            )
+        return cut
+
+    def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
+        problem = self.field(row, "problem", split, index)
+        solution = self.field(row, "solution", split, index)
+        answer = self.field(row, "answer", split, index)
+        unique_id = self.field(row, "unique_id", split, index)
+        return Example(
+            id=unique_id,
+            prompt=problem,
+            answer=answer.strip(),
+            steps=tuple(step_texts(solution, "latex")),
+            step_separator="\n",
+            step_style="latex",
+            meta={
+                "source": self.name,
+                "split": split,
+                "index": index,
+                "subject": row.get("subject"),
+                "level": row.get("level"),
+            },
+        )
+
+    def train(self) -> list[Example]:
+        cut = self._cut()
+        return self.examples(self.split, 0, cut if self.train_size is None else self.train_size)
+
+    def val(self) -> list[Example]:
+        cut = self._cut()
+        return self.examples(self.split, cut, cut + self.val_size)

@@ -1,0 +1,90 @@
+"""Model loading shared by the model-based judges: device / dtype resolution, load once on first use, frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers import AutoTokenizer
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56; the project allows older releases.
+_DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+# (model name, device, dtype, extra from_pretrained kwargs) -> model
+ModelBuilder = Callable[..., Any]
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"judge dtype must be auto | {' | '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def check_device(device: str) -> str:
+    if device == "auto":
+        return device
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"judge device {device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)") from err
+    return device
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto": the first GPU when there is one, else the CPU. A GPU asked for and absent is an error, not a silent CPU."""
+    check_device(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"judge device {device!r} asked for, but CUDA is not available here (use device=cpu or auto)")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 on a GPU that has it (float16 on older ones), float32 on CPU where half precision is slow."""
+    check_dtype(dtype)
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class LazyModel:
+    """A frozen model + tokenizer, loaded from `name` (hub name or local folder) the first time it is needed.
+
+    Building the judge at config time stays cheap (and needs no GPU); the weights arrive at the first
+    judged batch and stay. `builder(name, **from_pretrained_kwargs)` makes the model (an Auto class's
+    `from_pretrained`, chosen by the judge).
+    """
+
+    def __init__(self, name: str, builder: ModelBuilder, device: str = "auto", dtype: str = "auto"):
+        if not name or not isinstance(name, str):
+            raise ValueError(f"judge model must be a hub name or a local folder, got {name!r}")
+        self.name = name
+        self.builder = builder
+        self.device = check_device(device)
+        self.dtype = check_dtype(dtype)
+        self._loaded: tuple[Any, Any] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def get(self) -> tuple[Any, Any]:
+        """(model, tokenizer), loading them on the first call."""
+        if self._loaded is None:
+            device = resolve_device(self.device)
+            dtype = resolve_dtype(self.dtype, device)
+            tokenizer = AutoTokenizer.from_pretrained(self.name)
+            # device_map puts the weights straight on the device: a 7B judge never passes through CPU memory whole.
+            model = self.builder(self.name, device_map=str(device), **{_DTYPE_KWARG: dtype})
+            model.eval()
+            model.requires_grad_(False)  # a judge is never trained; no optimizer or DDP should see it
+            self._loaded = (model, tokenizer)
+        return self._loaded

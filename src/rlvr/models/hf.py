@@ -1,0 +1,103 @@
+"""Which model to train, and how to load it: hub name or local folder, GGUF file, dtype, LoRA."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def resolve_path(name_or_path: str) -> str:
+    """Where a model lives. `rlvr:NAME`: shipped in rlvr's assets folder. `pkg:MODULE`: the folder of an
+    installed Python package that carries model files. Anything else (hub name, folder) goes to transformers."""
+    if name_or_path.startswith("rlvr:"):
+        folder = ASSETS / name_or_path[len("rlvr:") :]
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"built-in model {name_or_path!r} not found at {folder}; rebuild it with `python -m rlvr.sft --out {folder}`")
+        return str(folder)
+    if name_or_path.startswith("pkg:"):
+        module = name_or_path[len("pkg:") :]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model {name_or_path!r}: Python package {module!r} is not installed")
+        return spec.submodule_search_locations[0]
+    return name_or_path
+
+
+def resolve_dtype(dtype: str) -> torch.dtype | str:
+    if dtype == "auto":
+        return "auto"
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"model.dtype must be auto | float32 | bfloat16 | float16, got {dtype!r}") from None
+
+
+class HFModel:
+    """A causal LM loadable by `transformers`: the policy, its frozen reference copy and its tokenizer."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        gguf_file: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+    ):
+        self.name_or_path = name_or_path
+        self.gguf_file = gguf_file
+        self.tokenizer_name = tokenizer
+        self.dtype = resolve_dtype(dtype)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.lora = dict(lora) if lora else None
+        self.trust_remote_code = trust_remote_code
+        self.attn_implementation = attn_implementation
+
+    @property
+    def path(self) -> str:
+        return resolve_path(self.name_or_path)
+
+    def _gguf(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        source = resolve_path(self.tokenizer_name) if self.tokenizer_name else self.path
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code, **({} if self.tokenizer_name else self._gguf()))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        return tokenizer
+
+    def _load(self):
+        from transformers import AutoModelForCausalLM
+
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code, **self._gguf()}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+
+    def load_policy(self) -> torch.nn.Module:
+        model = self._load()
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False  # generation turns the cache back on in eval mode
+        if self.lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **self.lora))
+        model.train()
+        return model
+
+    def load_reference(self) -> torch.nn.Module:
+        model = self._load()
+        model.eval().requires_grad_(False)
+        return model

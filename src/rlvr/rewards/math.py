@@ -1,0 +1,61 @@
+"""Math answer reward: the completion's final answer is checked against the reference with math-verify.
+
+math-verify extracts the answer (`\\boxed{}`, "the answer is ...", a bare number), parses it to SymPy
+and compares symbolically and numerically, so `\\frac{1}{2}` matches a reference of `0.5`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from math_verify import parse, verify
+
+from rlvr.batch import Example
+from rlvr.rewards.base import Reward, Score
+
+log = logging.getLogger(__name__)
+
+
+class MathVerifyReward(Reward):
+    """1.0 / correct when math-verify finds the completion's answer equal to the example's answer.
+
+    `timeout_seconds` bounds each parse and comparison. math-verify enforces it with SIGALRM, which only
+    works in the main thread; elsewhere (e.g. a reward worker thread) this runs without a limit instead
+    of failing, and says so once in the log. null disables the limit everywhere.
+    A reference answer that math-verify cannot parse is an error (handled by `on_error`): it is a data
+    problem, and scoring every completion 0 would hide it. An unparsable completion is simply wrong.
+    """
+
+    def __init__(self, on_error: str = "raise", timeout_seconds: int | None = 5):
+        super().__init__(on_error)
+        if timeout_seconds is not None and (not isinstance(timeout_seconds, int) or timeout_seconds <= 0):
+            raise ValueError(f"reward.timeout_seconds must be a positive integer or null, got {timeout_seconds!r}")
+        self.timeout_seconds = timeout_seconds
+        self._gold: dict[str, list] = {}  # reference answer -> parsed; each group repeats its example
+        self._warned_thread = False
+
+    def _timeout(self) -> int | None:
+        if self.timeout_seconds is None or threading.current_thread() is threading.main_thread():
+            return self.timeout_seconds
+        if not self._warned_thread:
+            log.warning("MathVerifyReward runs outside the main thread: math-verify's timeout (signal alarm) is off")
+            self._warned_thread = True
+        return None
+
+    def gold(self, answer: str, timeout: int | None) -> list:
+        if answer not in self._gold:
+            # A bare reference like "\frac{1}{2}" only parses as LaTeX inside math delimiters.
+            text = answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
+            parsed = parse(text, parsing_timeout=timeout)
+            if not parsed:
+                raise ValueError(f"math-verify could not parse the reference answer {answer!r}")
+            self._gold[answer] = parsed
+        return self._gold[answer]
+
+    def score(self, completion: str, example: Example) -> Score:
+        timeout = self._timeout()
+        gold = self.gold(example.answer, timeout)
+        prediction = parse(completion, parsing_timeout=timeout)
+        correct = bool(prediction) and verify(gold, prediction, timeout_seconds=timeout)
+        return Score(1.0 if correct else 0.0, correct)
