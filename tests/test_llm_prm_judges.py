@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 from transformers import Qwen2ForCausalLM, Qwen2ForTokenClassification
 
+from rlvr.advantages.sgpo import SGPOAdvantage
 from rlvr.batch import Example
 from rlvr.data.arithmetic import make_example
 from rlvr.judges import prm as prm_module
@@ -20,6 +21,7 @@ from rlvr.judges.llm import LLMJudge, parse_first_error
 from rlvr.judges.prm import QWEN_PRM_SYSTEM, PRMJudge, first_below, load_prm
 from rlvr.models.tiny import DEFAULT_CHARS, build_char_tokenizer, tiny_qwen2_config
 from rlvr.rollout.base import Generation
+from tests.helpers import make_batch, with_rewards
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -235,6 +237,11 @@ def test_prm_input_follows_the_qwen_prm_format(prm_path, example):
     no_system = PRMJudge(prm_path, device="cpu", system_prompt=None)
     assert no_system.input_text(example, steps).startswith("<|im_start|>user\n")
 
+    # No chat template: plain text, parts separated by blank lines.
+    tokenizer.chat_template = None
+    assert judge.input_text(example, steps[:1]) == f"{QWEN_PRM_SYSTEM}\n\n{example.prompt}\n\n12+34=46<extra_0>"
+    assert judge.input_ids(example, steps[:1]).count(tokenizer.convert_tokens_to_ids("<extra_0>")) == 1
+
 
 def test_prm_scores_one_per_step_and_padding_changes_nothing(prm_path, example):
     judge = PRMJudge(prm_path, device="cpu", batch_size=8)
@@ -356,3 +363,44 @@ def test_judge_configs(llm_path):
             instantiate(compose(overrides=["+judge=llm"]).judge)
         llm = instantiate(compose(overrides=["+judge=llm", f"judge.model={llm_path}"]).judge)
         assert isinstance(llm, LLMJudge) and llm.on_malformed == "last_step" and llm.engine.max_new_tokens == 16
+
+
+# ---------------------------------------------------------------- with SGPO
+
+# One all-wrong group on 12+34+5=51: step 2 wrong / step 1 wrong / both steps right but a wrong answer.
+WRONG_GROUP = [["12+34=46;46+5=52#52", "12+34=47;47+5=52#52", "12+34=46;46+5=51#50"]]
+
+
+def test_sgpo_with_llm_judge_colours_an_all_negative_group(llm_path):
+    judge = LLMJudge(llm_path, device="cpu")
+    fake_engine(judge, ["FIRST_ERROR: 2", "FIRST_ERROR: 1", "I cannot tell"])
+    batch = with_rewards(make_batch(WRONG_GROUP), [0.0, 0.0, 0.0])
+    advantages = SGPOAdvantage(judge)(batch)
+    assert batch.first_error_step.tolist() == [1, 0, 1]  # the unreadable reply falls back to the last step
+    assert batch.rts.tolist() == [0.5, 0.0, 0.5]
+    assert batch.metrics["judge/parse_failures"] == 1.0
+    per_sample = advantages.sum(1)
+    assert per_sample[1] < 0 < per_sample[0] and advantages.abs().sum() > 0
+
+
+def test_sgpo_with_prm_judge_colours_an_all_negative_group(prm_path):
+    judge = PRMJudge(prm_path, device="cpu")
+    model, tokenizer = judge.loader.get()
+    bad = torch.tensor(tokenizer.convert_tokens_to_ids(["7", "2"]))
+
+    def force(module, args, kwargs, output):  # a step whose last character is 7 or 2 scores sigmoid(-2)
+        ids = kwargs["input_ids"]
+        before = torch.nn.functional.pad(ids, (1, 0))[:, :-1]
+        logits = torch.zeros(*ids.shape, 2)
+        logits[..., 1] = torch.where(torch.isin(before, bad), -2.0, 2.0)
+        output.logits = logits
+        return output
+
+    model.register_forward_hook(force, with_kwargs=True)
+    batch = with_rewards(make_batch(WRONG_GROUP), [0.0, 0.0, 0.0])
+    advantages = SGPOAdvantage(judge)(batch)
+    # Steps end in 6|2 -> error at step 2; 7|2 -> step 1; 6|0 -> none found (SGPO puts it in the last step).
+    assert batch.first_error_step.tolist() == [1, 0, -1]
+    assert batch.rts.tolist() == [0.5, 0.0, 0.5]
+    assert batch.metrics["judge/parse_failures"] == 0.0
+    assert advantages.abs().sum() > 0

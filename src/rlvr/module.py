@@ -106,7 +106,7 @@ class RLVRModule(pl.LightningModule):
     def training_step(self, _step: int) -> None:
         timings: dict[str, float] = {}
         with _timed(timings, "rollout"):
-            batch = self.rollout(self.prompts.next(self.global_rank, self.world_size))
+            batch = self.rollout(self.prompts.next(self.global_rank, self.trainer.world_size))
         with _timed(timings, "reward"):
             batch.rewards, batch.correct, reward_errors = self.reward(batch.completion_texts, batch.examples)
         with _timed(timings, "advantage"):
@@ -246,6 +246,9 @@ class RLVRModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         for reference in self._reference:
             reference.to(self.device)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # examples are text; their tensors are made on the device by the step itself
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(), batch_size=None)

@@ -70,6 +70,10 @@ def train(args: argparse.Namespace) -> None:
         optimizer.zero_grad(set_to_none=True)
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
+        if args.eval_every and step and step % args.eval_every == 0:
+            model.eval()
+            evaluate_tiers(model, tokenizer, task, temperature=1.0, prefix_steps=(0, 2))
+            model.train()
     model.eval()
     report = evaluate_tiers(model, tokenizer, task, temperature=1.0, prefix_steps=(0, 1, 2, 3))
     out = Path(args.out)
@@ -114,6 +118,7 @@ def main() -> None:
     parser.add_argument("--max-value", type=int, default=99)
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=0, help="print tier accuracy every N steps (0: only at the end)")
     train(parser.parse_args())
 
 

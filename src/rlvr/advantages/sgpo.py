@@ -97,42 +97,7 @@ class SGPOAdvantage(AdvantageEstimator):
         all_negative = torch.zeros(num_groups, dtype=torch.long, device=device).index_add_(0, gids, correct.long()) == 0
         graded = ~correct if self.scope == "all_incorrect" else ~correct & all_negative[gids]
 
-        # Steps of every response to grade; the non-empty ones go to the judge in one batched call.
-        steps = {i: split_steps(batch.completion_texts[i], batch.examples[i].step_style, batch.examples[i].step_separator)
-                 for i in graded.nonzero().flatten().tolist()}
-        to_judge = [i for i, spans in steps.items() if spans]
-        started = time.perf_counter()
-        verdicts = self.judge(
-            [batch.examples[i] for i in to_judge],
-            [[batch.completion_texts[i][s:e] for s, e in steps[i]] for i in to_judge],
-        ) if to_judge else []
-        seconds = time.perf_counter() - started
-
-        rts = torch.full((batch.num_samples,), float("nan"), device=device)
-        first_error = torch.full((batch.num_samples,), -1, dtype=torch.long, device=device)
-        cut_after: dict[int, int] = {}  # sample -> first token index after its first wrong step
-        for i in steps:
-            rts[i] = 0.0  # an empty response: nothing right in it
-        for i, verdict in zip(to_judge, verdicts):
-            num_steps = len(steps[i])
-            if verdict.first_error is not None:
-                error = min(max(int(verdict.first_error), 0), num_steps - 1)  # a judge's index past the end: last step
-                first_error[i] = error
-            else:
-                error = {"last_step": num_steps - 1, "first_step": 0, "full": None}[self.no_error_found]
-            if error is None:
-                rts[i] = 1.0
-                continue
-            if not needs_tokens:
-                rts[i] = error / num_steps
-                continue
-            start, end = self._error_tokens(batch, i, steps[i][error])
-            loss = batch.loss_mask[i].float()
-            total = loss.sum()
-            rts[i] = loss[:start].sum() / total if total > 0 else 0.0
-            if self.rts == "steps":
-                rts[i] = error / num_steps
-            cut_after[i] = end
+        rts, first_error, cut_after, verdicts, seconds = self._grade(batch, graded, needs_tokens)
 
         shaped = rewards.clone()
         shaped[graded] = self.shaped_reward(rts[graded])
@@ -166,6 +131,50 @@ class SGPOAdvantage(AdvantageEstimator):
         batch.metrics.update(self._metrics(advantages, all_negative, failed, stds, rts, gids, graded, verdicts, seconds))
         return token_advantages
 
+    def _grade(
+        self, batch: RolloutBatch, graded: Tensor, needs_tokens: bool
+    ) -> tuple[Tensor, Tensor, dict[int, int], list, float]:
+        """RTS [N] (nan where not graded), first wrong step [N] (-1: none / not judged), the first token after
+        each graded response's wrong step, the verdicts and the judge's wall time."""
+        # Steps of every response to grade; the non-empty ones go to the judge in one batched call.
+        steps = {}
+        for i in graded.nonzero().flatten().tolist():
+            example = batch.examples[i]
+            steps[i] = split_steps(batch.completion_texts[i], example.step_style, example.step_separator)
+        to_judge = [i for i, spans in steps.items() if spans]
+        started = time.perf_counter()
+        verdicts = []
+        if to_judge:
+            texts = [[batch.completion_texts[i][s:e] for s, e in steps[i]] for i in to_judge]
+            verdicts = self.judge([batch.examples[i] for i in to_judge], texts)
+        seconds = time.perf_counter() - started
+
+        rts = [float("nan")] * batch.num_samples
+        first_error = [-1] * batch.num_samples
+        cut_after: dict[int, int] = {}  # sample -> first token index after its first wrong step
+        for i in steps:
+            rts[i] = 0.0  # every graded response starts at 0; an empty one stays there
+        for i, verdict in zip(to_judge, verdicts):
+            num_steps = len(steps[i])
+            if verdict.first_error is not None:
+                error = min(max(int(verdict.first_error), 0), num_steps - 1)  # a judge's index past the end: last step
+                first_error[i] = error
+            else:
+                error = {"last_step": num_steps - 1, "first_step": 0, "full": None}[self.no_error_found]
+            if error is None:
+                rts[i] = 1.0
+                continue
+            if needs_tokens:
+                start, cut_after[i] = self._error_tokens(batch, i, steps[i][error])
+            if self.rts == "steps":
+                rts[i] = error / num_steps
+            else:
+                loss = batch.loss_mask[i].float()
+                rts[i] = float(loss[:start].sum() / loss.sum()) if loss.sum() > 0 else 0.0
+        device = batch.rewards.device
+        rts_tensor = torch.tensor(rts, dtype=torch.float32, device=device)
+        return rts_tensor, torch.tensor(first_error, dtype=torch.long, device=device), cut_after, verdicts, seconds
+
     def _error_tokens(self, batch: RolloutBatch, i: int, char_span: tuple[int, int]) -> tuple[int, int]:
         """Token span [start, end) in completion_ids[i] of a step given as a char span of completion_texts[i]."""
         ids = batch.completion_ids[i][batch.token_mask[i].bool()].tolist()
@@ -183,7 +192,8 @@ class SGPOAdvantage(AdvantageEstimator):
     @staticmethod
     def _metrics(advantages, all_negative, failed, stds, rts, gids, graded, verdicts, seconds) -> dict[str, float]:
         num_negative = int(all_negative.sum())
-        nonzero = torch.zeros_like(all_negative).index_put_((gids,), advantages != 0, accumulate=True)
+        moved = (advantages != 0).long()
+        nonzero = torch.zeros(len(all_negative), dtype=torch.long, device=gids.device).index_add_(0, gids, moved) > 0
         in_failed = failed[gids]
         return {
             "sgpo/all_negative_frac": num_negative / max(len(all_negative), 1),

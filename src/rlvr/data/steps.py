@@ -91,7 +91,7 @@ def _latex_cuts(text: str) -> list[int]:
             end, content_end, display = region
             region_end = end
             content = text[i:content_end].rstrip()
-            ends_sentence = content[-1:] in tuple(_TERMINATORS) and _sentence_follows(text, end, need_space=not display)
+            ends_sentence = content.endswith(tuple(_TERMINATORS)) and _sentence_follows(text, end, need_space=not display)
             if ends_sentence or (display and _capital_follows(text, end)):
                 cut(end)
             i = end

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
-from transformers import AutoTokenizer
+from rlvr.models.hf import load_tokenizer
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56; the project allows older releases.
@@ -81,7 +81,7 @@ class LazyModel:
         if self._loaded is None:
             device = resolve_device(self.device)
             dtype = resolve_dtype(self.dtype, device)
-            tokenizer = AutoTokenizer.from_pretrained(self.name)
+            tokenizer = load_tokenizer(self.name)
             # device_map puts the weights straight on the device: a 7B judge never passes through CPU memory whole.
             model = self.builder(self.name, device_map=str(device), **{_DTYPE_KWARG: dtype})
             model.eval()

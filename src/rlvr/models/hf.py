@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,18 @@ def resolve_dtype(dtype: str) -> torch.dtype | str:
         raise ValueError(f"model.dtype must be auto | float32 | bfloat16 | float16, got {dtype!r}") from None
 
 
+def load_tokenizer(source: str, **kwargs: Any):
+    """AutoTokenizer, except for a generic fast tokenizer saved beside a model config: transformers 5
+    then builds the model type's own tokenizer class around it and swaps its pre-tokenizer (our
+    character tokenizers lose spaces and newlines), so such a folder is loaded as what it was saved as."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(source) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+        return PreTrainedTokenizerFast.from_pretrained(source)
+    return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
 class HFModel:
     """A causal LM loadable by `transformers`: the policy, its frozen reference copy and its tokenizer."""
 
@@ -68,10 +81,8 @@ class HFModel:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
     def load_tokenizer(self):
-        from transformers import AutoTokenizer
-
         source = resolve_path(self.tokenizer_name) if self.tokenizer_name else self.path
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.trust_remote_code, **({} if self.tokenizer_name else self._gguf()))
+        tokenizer = load_tokenizer(source, trust_remote_code=self.trust_remote_code, **({} if self.tokenizer_name else self._gguf()))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
