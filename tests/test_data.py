@@ -191,7 +191,7 @@ def test_math500_missing_field(tmp_path):
 
 @pytest.mark.parametrize("name, cls", [("gsm8k", GSM8K), ("math500", MATH500)])
 def test_data_yaml_lists_every_option_with_its_default(name, cls):
-    config = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")
+    config = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml").data  # a preset: data + reward + length
     options = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
     assert {k: v for k, v in config.items() if k != "_target_"} == options
     assert config.path is None and config.prompt_template == BOXED_PROMPT

@@ -106,12 +106,12 @@ class RLVRModule(pl.LightningModule):
     def training_step(self, _step: int) -> None:
         timings: dict[str, float] = {}
         with _timed(timings, "rollout"):
-            batch = self.rollout(self.prompts.next(self.global_rank, self.trainer.world_size))
+            batch = self.rollout(self.prompts.next(self.global_rank, self.trainer.world_size)).to(self.device)
         with _timed(timings, "reward"):
-            batch.rewards, batch.correct, reward_errors = self.reward(batch.completion_texts, batch.examples)
+            rewards, correct, reward_errors = self.reward(batch.completion_texts, batch.examples)
+            batch.rewards, batch.correct = rewards.to(self.device), correct.to(self.device)
         with _timed(timings, "advantage"):
-            batch.advantages = self.advantage(batch.to(self.device)).to(self.device)
-        batch = batch.to(self.device)
+            batch.advantages = self.advantage(batch)
         with _timed(timings, "update"):
             batch.old_logprobs = self.sequence_logprobs(self.policy, batch)
             if self._reference:

@@ -1,0 +1,174 @@
+"""Evaluate a policy on the validation split: greedy pass@1, sampled pass@1 and unbiased pass@k.
+
+    python -m rlvr.evaluate model=tiny model.name_or_path=outputs/run/policy eval.k=4
+    python -m rlvr.evaluate ckpt=outputs/run/checkpoints/last.ckpt model=qwen0.5b data=math500 reward=math eval.k=8 eval.n=16
+
+Writes a JSON report (eval.output, default <hydra run dir>/eval.json) and prints a small table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlvr.batch import Example
+from rlvr.data.prompts import encode_prompt
+
+log = logging.getLogger(__name__)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chance that at least one of k samples drawn without replacement from n (c of them correct) is
+    correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021), as a product so large n does not overflow."""
+    if not (isinstance(n, int) and isinstance(c, int) and isinstance(k, int)):
+        raise TypeError(f"pass_at_k needs integers, got n={n!r}, c={c!r}, k={k!r}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 1 <= k <= n, got n={n}, k={k}")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n, got n={n}, c={c}")
+    if n - c < k:
+        return 1.0  # every k-subset contains a correct sample
+    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def load_checkpoint_weights(policy: torch.nn.Module, path: str | Path) -> None:
+    """Copy the `policy.*` weights of an rlvr Lightning checkpoint into `policy`; every key must match."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt: no checkpoint file {path}")
+    # Lightning checkpoints also hold numpy RNG states, which weights_only loading refuses: trusted files only.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"ckpt {path} is not a Lightning checkpoint: it has no 'state_dict'")
+    weights = {k[len("policy.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
+    if not weights:
+        raise ValueError(f"ckpt {path} has no 'policy.*' weights (keys: {list(checkpoint['state_dict'])[:5]})")
+    expected = set(policy.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"ckpt {path} does not match the model config's policy: missing {missing[:5]} ({len(missing)} in all), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)} in all). Is `model=` the model that was trained?"
+        )
+    try:
+        policy.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"ckpt {path} does not match the model config's policy: {exc}") from exc
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def score_problems(
+    examples: list[Example], data: Any, tokenizer: Any, engine: Any, reward: Any, n: int, chunk: int
+) -> list[dict[str, Any]]:
+    """Per problem: how many of n samples are correct, and whether the greedy completion is."""
+    results = []
+    for start in range(0, len(examples), chunk):
+        part = examples[start : start + chunk]
+        prompts = [encode_prompt(e, data.prompt_template, data.use_chat_template, tokenizer) for e in part]
+        sampled = engine.generate([p for p in prompts for _ in range(n)])
+        greedy = engine.generate(prompts, greedy=True)
+        _, sampled_correct, _ = reward(_decode(tokenizer, sampled), [e for e in part for _ in range(n)])
+        _, greedy_correct, _ = reward(_decode(tokenizer, greedy), part)
+        per_problem = sampled_correct.view(len(part), n).sum(-1)
+        for i, example in enumerate(part):
+            results.append({"id": example.id, "correct": int(per_problem[i]), "greedy_correct": bool(greedy_correct[i])})
+        log.info("evaluated %d / %d problems", start + len(part), len(examples))
+    return results
+
+
+def _decode(tokenizer: Any, generations: list[Any]) -> list[str]:
+    return tokenizer.batch_decode([g.token_ids for g in generations], skip_special_tokens=True)
+
+
+def summarise(problems: list[dict[str, Any]], n: int, k: int) -> dict[str, Any]:
+    count = len(problems)
+    return {
+        "num_problems": count,
+        "n": n,
+        "k": k,
+        "greedy_pass@1": sum(p["greedy_correct"] for p in problems) / count,
+        "pass@1": sum(p["correct"] for p in problems) / (count * n),
+        "pass@k": sum(pass_at_k(n, p["correct"], k) for p in problems) / count,
+    }
+
+
+def format_table(results: dict[str, dict[str, Any]], k: int) -> str:
+    header = f"{'data':<14}{'problems':>9}{'n':>5}{'k':>5}{'greedy@1':>10}{'pass@1':>9}{f'pass@{k}':>9}"
+    rows = [
+        f"{name:<14}{r['num_problems']:>9}{r['n']:>5}{r['k']:>5}{r['greedy_pass@1']:>10.3f}{r['pass@1']:>9.3f}{r['pass@k']:>9.3f}"
+        for name, r in results.items()
+    ]
+    return "\n".join([header, *rows])
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    k = cfg.eval.k
+    n = k if cfg.eval.n is None else cfg.eval.n
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"eval.k must be an integer >= 1, got {k!r}")
+    if not isinstance(n, int) or n < k:
+        raise ValueError(f"eval.n must be an integer >= eval.k={k} (the estimator draws k of the n samples), got {n!r}")
+    limit = cfg.eval.limit
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"eval.limit must be a positive integer or null, got {limit!r}")
+    torch.manual_seed(cfg.seed)
+
+    spec = instantiate(cfg.model)
+    data = instantiate(cfg.data)
+    reward = instantiate(cfg.reward)
+    engine = instantiate(cfg.rollout, temperature=cfg.eval.temperature)
+    tokenizer = spec.load_tokenizer()
+    policy = spec.load_policy()
+    if cfg.ckpt is not None:
+        load_checkpoint_weights(policy, cfg.ckpt)
+    policy.to(resolve_device(cfg.device)).eval()
+    engine.update_weights(policy, tokenizer)
+
+    examples = data.val()[:limit]
+    if not examples:
+        raise ValueError(f"data {data.name!r}: val() returned no problems")
+    chunk = max(1, engine.batch_size // n)  # about one generate batch of samples per step
+    problems = score_problems(examples, data, tokenizer, engine, reward, n, chunk)
+    results = {data.name: summarise(problems, n, k)}
+
+    report = {
+        "model": spec.name_or_path,
+        "ckpt": None if cfg.ckpt is None else str(cfg.ckpt),
+        "temperature": cfg.eval.temperature,
+        "max_new_tokens": engine.max_new_tokens,
+        "seed": cfg.seed,
+        "results": results,
+        "problems": {data.name: problems},
+    }
+    output = Path(cfg.eval.output) if cfg.eval.output is not None else run_dir / "eval.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print(format_table(results, k))
+    print(f"wrote {output}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg))
+    report = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return next(iter(report["results"].values()))["pass@k"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Training curves from the CSVLogger's metrics.csv: one subplot per metric, one line per run.
+
+    python -m rlvr.plot outputs/run                       # -> outputs/run/curves.png
+    python -m rlvr.plot outputs/none outputs/fixed outputs/adaptive --out guidance.png --smooth 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+from pathlib import Path
+
+# (column, subplot title); each is drawn when at least one run logged it.
+DEFAULT_METRICS = [
+    ("train/reward", "reward"),
+    ("train/accuracy", "train accuracy"),
+    ("val/accuracy", "val accuracy (greedy)"),
+    ("train/all_negative_frac", "all-negative groups"),
+    ("train/completion_length", "completion length (tokens)"),
+    ("train/kl", "KL to reference"),
+    ("train/entropy", "entropy"),
+    ("guidance/length", "guidance length"),
+    ("sgpo/coloured_frac", "SGPO: all-negative groups given a signal"),
+]
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """Every column of <run_dir>/metrics.csv as (step, value) pairs; Lightning leaves a cell empty
+    when that row did not log the metric, so those cells are skipped."""
+    file = Path(run_dir) / "metrics.csv"
+    if not file.is_file():
+        raise FileNotFoundError(f"no metrics.csv in {run_dir} (expected {file}, written by the csv logger)")
+    with file.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "step" not in reader.fieldnames:
+            raise ValueError(f"{file} has no 'step' column (columns: {reader.fieldnames})")
+        series: dict[str, list[tuple[float, float]]] = {name: [] for name in reader.fieldnames if name != "step"}
+        for line, row in enumerate(reader, start=2):
+            step = _number(row["step"], file, line, "step")
+            for name in series:
+                if row.get(name) not in (None, ""):
+                    series[name].append((step, _number(row[name], file, line, name)))
+    return {name: points for name, points in series.items() if points}
+
+
+def _number(text: str | None, file: Path, line: int, column: str) -> float:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{file}, line {line}: column {column!r} is not a number: {text!r}") from None
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over `window` points (1: unchanged)."""
+    if window < 1:
+        raise ValueError(f"smoothing window must be >= 1, got {window}")
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Each run's folder name, or its full path where two runs share a name."""
+    names = [d.resolve().name for d in run_dirs]
+    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs)]
+
+
+def plot_runs(
+    run_dirs: list[str | Path], out: str | Path, metrics: list[tuple[str, str]] | None = None, window: int = 1
+) -> Path:
+    """Draw the metrics present in any run into one PNG at `out`; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    if not run_dirs:
+        raise ValueError("plot needs at least one run directory")
+    dirs = [Path(d) for d in run_dirs]
+    runs = [read_metrics(d) for d in dirs]
+    metrics = metrics or DEFAULT_METRICS
+    present = [(column, title) for column, title in metrics if any(column in run for run in runs)]
+    if not present:
+        wanted = [column for column, _ in metrics]
+        raise ValueError(f"none of the metrics {wanted} is in the metrics.csv of {[str(d) for d in dirs]}")
+
+    cols = min(3, len(present))
+    rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    for ax, (column, title) in zip(axes.flat, present):
+        for run, label in zip(runs, run_labels(dirs)):
+            if column in run:
+                steps, values = zip(*run[column])
+                marker = "o" if len(steps) < 20 else None  # sparse series (validation) stay visible
+                ax.plot(steps, smooth(list(values), window), label=label, marker=marker, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(present) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlvr.plot", description="Plot training curves of one or more rlvr runs.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories holding metrics.csv; several are overlaid")
+    parser.add_argument("--out", help="PNG to write (default: curves.png in the runs' common parent folder)")
+    parser.add_argument("--metric", action="append", help="a metrics.csv column to plot instead of the defaults (repeatable)")
+    parser.add_argument("--smooth", type=int, default=1, help="moving-average window in logged points (default 1: raw)")
+    args = parser.parse_args(argv)
+    out = args.out or Path(os.path.commonpath([os.path.abspath(d) for d in args.run_dirs])) / "curves.png"
+    metrics = [(m, m) for m in args.metric] if args.metric else None
+    print(f"wrote {plot_runs(args.run_dirs, out, metrics, args.smooth)}")
+
+
+if __name__ == "__main__":
+    main()

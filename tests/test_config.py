@@ -1,0 +1,89 @@
+"""Every option of every config group composes and builds, so no YAML rots; plugins found from outside."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import rlvr.conf
+
+CONF = Path(rlvr.conf.__file__).parent
+GROUPS = sorted(d.name for d in CONF.iterdir() if d.is_dir() and not d.name.startswith("_"))
+# Options that need a value the user must give (no sensible default exists).
+REQUIRED = {("judge", "llm"): ["judge.model=some/judge"]}
+# Options whose plugin needs another group picked alongside.
+COMPANIONS = {("advantage", "sgpo"): ["judge=rule"]}
+# Building these would load weights or a hub data set; their config is still composed and checked.
+NOT_BUILT = {"model", "trainer", "logger"}
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_expected_groups_exist():
+    assert {"model", "data", "reward", "rollout", "advantage", "guidance", "judge", "trainer", "logger"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_option_composes_and_builds(group, option):
+    overrides = [f"{group}={option}", *REQUIRED.get((group, option), []), *COMPANIONS.get((group, option), [])]
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    node = cfg.get(group)
+    if group == "judge" and option == "none":
+        assert node is None
+        return
+    assert "_target_" in node, f"{group}/{option}.yaml has no _target_"
+    if group == "data":
+        assert cfg.reward._target_.startswith("rlvr.rewards.")
+        built = instantiate(node, **({"path": None} if "path" in node else {}))
+        assert hasattr(built, "train") and hasattr(built, "val") and "{prompt}" in built.prompt_template
+    elif group not in NOT_BUILT:
+        assert instantiate(node) is not None
+
+
+def test_unknown_option_lists_the_choices():
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as info:
+            compose("train", overrides=["advantage=nope"])
+    assert "grpo" in str(info.value) and "sgpo" in str(info.value)
+
+
+def test_sgpo_without_a_judge_names_the_fix():
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["advantage=sgpo"])
+    with pytest.raises(Exception, match="judge=rule"):
+        instantiate(cfg.advantage)
+
+
+def test_papers_mix_and_match():
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["advantage=sgpo", "guidance=adaptive", "judge=rule", "model=qwen1.5b", "data=gsm8k"])
+    assert cfg.advantage.judge._target_ == "rlvr.judges.rule.RuleJudge"
+    assert cfg.guidance._target_.endswith("AdaptiveGuidance")
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-1.5B"
+    assert cfg.reward._target_.endswith("MathVerifyReward") and cfg.rollout.max_new_tokens == 512
+
+
+def test_slurm_launcher_composes():
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu"
+
+
+def test_external_plugin_through_searchpath(tmp_path):
+    """A user's own advantage: a class in their package + a YAML in their config dir on hydra.searchpath."""
+    (tmp_path / "advantage").mkdir()
+    (tmp_path / "advantage" / "mine.yaml").write_text("_target_: rlvr.advantages.grpo.GRPOAdvantage\nscale: none\n")
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["advantage=mine", f"hydra.searchpath=[file://{tmp_path}]"])
+    assert instantiate(cfg.advantage).scale == "none"
