@@ -1,7 +1,7 @@
 """Evaluate a policy on the validation split: greedy pass@1, sampled pass@1 and unbiased pass@k.
 
     python -m rlvr.evaluate model=tiny model.name_or_path=outputs/run/policy eval.k=4
-    python -m rlvr.evaluate ckpt=outputs/run/checkpoints/last.ckpt model=qwen0.5b data=math500 reward=math eval.k=8 eval.n=16
+    python -m rlvr.evaluate ckpt=outputs/run/checkpoints/last.ckpt model=qwen0.5b data=math500 eval.k=8 eval.n=16
 
 Writes a JSON report (eval.output, default <hydra run dir>/eval.json) and prints a small table.
 """

@@ -1,0 +1,56 @@
+"""Model specs: built-in and package paths, tokenizer round trip, LoRA, gradient checkpointing."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlvr.models.hf import HFModel, resolve_path
+from rlvr.models.tiny import build_char_tokenizer, tiny_qwen2_config
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = build_char_tokenizer()
+    config = tiny_qwen2_config(len(tok), hidden=32, layers=1, heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_path_errors_name_the_fix():
+    with pytest.raises(FileNotFoundError, match="python -m rlvr.sft"):
+        resolve_path("rlvr:no-such-model")
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        resolve_path("pkg:no_such_package_xyz")
+    assert resolve_path("Qwen/Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"
+
+
+def test_character_tokenizer_survives_save_and_reload(tiny_dir):
+    tok = HFModel(str(tiny_dir)).load_tokenizer()
+    text = "a b\n12+3=15;#"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert tok.padding_side == "left" and tok.pad_token == "<pad>"
+
+
+def test_lora_trains_only_adapters(tiny_dir):
+    policy = HFModel(str(tiny_dir), lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}).load_policy()
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    grads = []
+    for checkpointing in (False, True):
+        model = HFModel(str(tiny_dir), gradient_checkpointing=checkpointing).load_policy()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(model.model.embed_tokens.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_reference_is_frozen_and_bad_dtype_rejected(tiny_dir):
+    ref = HFModel(str(tiny_dir)).load_reference()
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    with pytest.raises(ValueError, match="bfloat16"):
+        HFModel(str(tiny_dir), dtype="fp8")

@@ -1,0 +1,86 @@
+"""End to end through `python -m rlvr.train` on the embedded default (tiny model, CPU, offline)."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from rlvr.models.hf import resolve_path
+
+pytestmark = pytest.mark.slow
+TINY = Path(resolve_path("rlvr:tiny-arith"))
+# Small and fast: 2 prompts x 4 roll-outs, short budget, 8 validation problems.
+FAST = [
+    "algorithm.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=48",
+    "data.val_size=8", "trainer.val_every=2", "algorithm.lr=1e-3",
+]
+
+
+def run_train(tmp_path: Path, *overrides: str, name: str = "run") -> Path:
+    run_dir = tmp_path / name
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "rlvr.train", *FAST, *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return run_dir
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def last(rows, key):
+    values = [r[key] for r in rows if r.get(key)]
+    return float(values[-1])
+
+
+def test_train_three_steps_changes_weights_logs_metrics_and_checkpoints(tmp_path):
+    run_dir = run_train(tmp_path, "trainer.max_steps=3", "trainer.checkpoint_every=2")
+    before = load_file(TINY / "model.safetensors")
+    after = load_file(run_dir / "policy" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before), "policy weights did not change"
+    rows = read_metrics(run_dir)
+    keys = set(rows[0])
+    for key in ["train/reward", "train/accuracy", "train/all_negative_frac", "train/all_positive_frac",
+                "train/completion_length", "train/clip_frac", "train/entropy", "train/grad_norm",
+                "time/rollout_s", "time/update_s", "time/generated_tokens_per_s", "val/accuracy"]:
+        assert key in keys, key
+    assert last(rows, "train/prompts_consumed") == 6
+    assert 0.0 <= last(rows, "val/accuracy") <= 1.0
+    assert (run_dir / "checkpoints" / "step000002.ckpt").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    # the exported folder is a plain HF model
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "policy")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_resume_continues_exactly(tmp_path):
+    """4 steps in one go == the same run stopped after 2 steps (its step-2 checkpoint) and resumed for 2 more."""
+    common = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.val_every=100"]
+    straight = run_train(tmp_path, *common, name="straight")
+    ckpt = straight / "checkpoints" / "step000002.ckpt"
+    assert ckpt.exists()
+    resumed = run_train(tmp_path, *common, f"ckpt_path={ckpt}", name="resumed")
+    a, b = read_metrics(straight), read_metrics(resumed)
+    for key in ("train/reward", "train/loss", "train/completion_length", "train/prompts_consumed"):
+        assert last(a, key) == pytest.approx(last(b, key), rel=1e-4, abs=1e-6), key
+    wa = load_file(straight / "policy" / "model.safetensors")
+    wb = load_file(resumed / "policy" / "model.safetensors")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_multirun_sweeps_two_runs(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "rlvr.train", "-m", *FAST, "trainer.max_steps=1", "trainer.val_every=100",
+           "export_policy=false", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.csv"))
+    assert len(runs) == 2
