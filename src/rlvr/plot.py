@@ -65,6 +65,11 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+def present_metrics(runs: list[dict[str, list]], metrics: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The metrics, in order, that at least one run logged: one subplot each."""
+    return [(column, title) for column, title in metrics if any(column in run for run in runs)]
+
+
 def run_labels(run_dirs: list[Path]) -> list[str]:
     """Each run's folder name, or its full path where two runs share a name."""
     names = [d.resolve().name for d in run_dirs]
@@ -84,21 +89,21 @@ def plot_runs(
         raise ValueError("plot needs at least one run directory")
     dirs = [Path(d) for d in run_dirs]
     runs = [read_metrics(d) for d in dirs]
-    metrics = metrics or DEFAULT_METRICS
-    present = [(column, title) for column, title in metrics if any(column in run for run in runs)]
+    present = present_metrics(runs, metrics or DEFAULT_METRICS)
     if not present:
-        wanted = [column for column, _ in metrics]
+        wanted = [column for column, _ in metrics or DEFAULT_METRICS]
         raise ValueError(f"none of the metrics {wanted} is in the metrics.csv of {[str(d) for d in dirs]}")
 
     cols = min(3, len(present))
     rows = math.ceil(len(present) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
     for ax, (column, title) in zip(axes.flat, present):
-        for run, label in zip(runs, run_labels(dirs)):
+        for index, (run, label) in enumerate(zip(runs, run_labels(dirs))):
             if column in run:
                 steps, values = zip(*run[column])
                 marker = "o" if len(steps) < 20 else None  # sparse series (validation) stay visible
-                ax.plot(steps, smooth(list(values), window), label=label, marker=marker, markersize=3)
+                # A fixed colour per run, so a run missing from one subplot does not shift the others'.
+                ax.plot(steps, smooth(list(values), window), label=label, color=f"C{index % 10}", marker=marker, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -123,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out or Path(os.path.commonpath([os.path.abspath(d) for d in args.run_dirs])) / "curves.png"
     metrics = [(m, m) for m in args.metric] if args.metric else None
-    print(f"wrote {plot_runs(args.run_dirs, out, metrics, args.smooth)}")
+    try:
+        print(f"wrote {plot_runs(args.run_dirs, out, metrics, args.smooth)}")
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))  # the message, not a traceback
 
 
 if __name__ == "__main__":
