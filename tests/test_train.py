@@ -61,14 +61,20 @@ def test_train_three_steps_changes_weights_logs_metrics_and_checkpoints(tmp_path
 
 
 def test_resume_continues_exactly(tmp_path):
-    """4 steps in one go == the same run stopped after 2 steps (its step-2 checkpoint) and resumed for 2 more."""
-    common = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.val_every=100"]
+    """4 steps in one go == the same run stopped after 2 steps (its step-2 checkpoint) and resumed for 2 more.
+
+    Run with both papers' plugins on, so their state (guidance length and accuracy history) is resumed too.
+    """
+    common = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.val_every=100",
+              "guidance=adaptive", "guidance.period=1", "guidance.window=1", "advantage=sgpo", "judge=rule"]
     straight = run_train(tmp_path, *common, name="straight")
     ckpt = straight / "checkpoints" / "step000002.ckpt"
-    assert ckpt.exists()
+    state = torch.load(ckpt, weights_only=False)["rlvr"]
+    assert state["prompts"]["position"] == 4
+    assert len(state["plugins"]["guidance"]["history"]) == 2 and "length" in state["plugins"]["guidance"]
     resumed = run_train(tmp_path, *common, f"ckpt_path={ckpt}", name="resumed")
     a, b = read_metrics(straight), read_metrics(resumed)
-    for key in ("train/reward", "train/loss", "train/completion_length", "train/prompts_consumed"):
+    for key in ("train/reward", "train/loss", "train/completion_length", "train/prompts_consumed", "guidance/length"):
         assert last(a, key) == pytest.approx(last(b, key), rel=1e-4, abs=1e-6), key
     wa = load_file(straight / "policy" / "model.safetensors")
     wb = load_file(resumed / "policy" / "model.safetensors")

@@ -66,7 +66,7 @@ class ArithmeticTask:
     prompt_template = "{prompt}"
     use_chat_template = False
 
-    def __init__(self, min_terms: int = 2, max_terms: int = 6, max_value: int = 99, train_size: int = 20000, val_size: int = 200, seed: int = 0):
+    def __init__(self, min_terms: int = 2, max_terms: int = 5, max_value: int = 999, train_size: int = 20000, val_size: int = 200, seed: int = 0):
         if not 2 <= min_terms <= max_terms:
             raise ValueError(f"need 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
         self.min_terms, self.max_terms, self.max_value = min_terms, max_terms, max_value
