@@ -64,6 +64,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
     trainer = build_trainer(cfg, run_dir, module.algo.optimizer_steps_per_rollout)
+    if cfg.ckpt_path is None:
+        trainer.validate(module, verbose=False)  # the "before" point of the val/accuracy curve (greedy: no RNG drawn)
     trainer.fit(module, ckpt_path=cfg.ckpt_path)
     if cfg.export_policy and trainer.is_global_zero:
         module.policy.save_pretrained(run_dir / "policy")
