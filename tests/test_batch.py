@@ -1,5 +1,6 @@
 """Roll-out batch assembly and every masking rule: prompt, padding, EOS, guidance, truncation."""
 
+import pytest
 import torch
 
 from rlvr.batch import completion_loss_mask
@@ -42,11 +43,17 @@ def test_guided_completion_starts_with_prefix_and_mask_follows_loss_on_guidance(
         assert batch.loss_mask[1].sum().item() == 20
 
 
-def test_guidance_plus_continuation_cut_at_max_new_tokens_is_truncated():
-    batch = make_batch([["46+5=51#51"]], prefixes=[["12+34=46;"]], max_new_tokens=12)
-    assert batch.completion_ids.shape[1] == 12
-    assert batch.truncated.tolist() == [True]
-    assert batch.completion_texts[0] == "12+34=46;46+"
+def test_guided_roll_out_keeps_its_own_generation_budget():
+    # the continuation may use max_new_tokens of its own; the prefix comes on top (the authors' rule)
+    batch = make_batch([["46+5=51#51"]], prefixes=[["12+34=46;"]], max_new_tokens=11)
+    assert batch.completion_ids.shape[1] == len("12+34=46;") + 11
+    assert batch.truncated.tolist() == [False]
+    assert batch.completion_texts[0] == "12+34=46;46+5=51#51"
+
+
+def test_engine_returning_more_than_the_budget_is_an_error():
+    with pytest.raises(ValueError, match="more than max_new_tokens=5"):
+        make_batch([["12+34=46#46"]], max_new_tokens=5)
 
 
 def test_completion_loss_mask_combines_rules():

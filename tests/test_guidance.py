@@ -332,7 +332,12 @@ def test_bad_adaptive_options(kwargs, message):
 
 
 def test_yaml_configs_instantiate():
-    built = {name: instantiate(OmegaConf.load(CONF / f"{name}.yaml")) for name in ("none", "fixed", "decay", "adaptive")}
+    # decay.yaml takes its length from ${trainer.max_steps} of the composed config: give it one here
+    runs_for = {"decay": {"total_steps": 300}}
+    built = {
+        name: instantiate(OmegaConf.merge(OmegaConf.load(CONF / f"{name}.yaml"), runs_for.get(name, {})))
+        for name in ("none", "fixed", "decay", "adaptive")
+    }
     assert type(built["none"]) is Guidance
     adaptive = built["adaptive"]
     assert isinstance(adaptive, AdaptiveGuidance)

@@ -247,3 +247,21 @@ def test_config_defaults_match_and_instantiate():
     assert {k: v for k, v in OmegaConf.to_container(advantage).items() if k not in ("_target_", "judge")} == defaults
     with pytest.raises(Exception, match="pick one with judge=rule"):
         instantiate(OmegaConf.create({"judge": None, "advantage": advantage}).advantage)
+
+
+def test_copied_guidance_steps_are_not_credited_when_not_scored():
+    """A guided wrong response: with loss_on_guidance=false its copied first step is not its own reasoning."""
+    from rlvr.judges.rule import RuleJudge
+    from tests.helpers import make_batch, with_rewards
+
+    # 12+34+5+6: reference 12+34=46;46+5=51;51+6=57. Both err in the 2nd step (index 1).
+    texts = [["46+5=50;50+6=56#56", "12+34=46;46+5=50;50+6=56#56"]]
+    prefixes = [["12+34=46;", ""]]
+    rts = {}
+    for scored in (True, False):
+        batch = make_batch(texts, terms=[[12, 34, 5, 6]], prefixes=prefixes, loss_on_guidance=scored)
+        with_rewards(batch, [0.0, 0.0])
+        SGPOAdvantage(RuleJudge())(batch)
+        rts[scored] = batch.rts.tolist()
+    assert rts[True] == pytest.approx([1 / 3, 1 / 3])  # 1 correct step of 3 for both
+    assert rts[False] == pytest.approx([0.0, 1 / 3])  # the guided one copied its only correct step

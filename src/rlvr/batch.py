@@ -135,8 +135,8 @@ def build_rollout_batch(
 ) -> RolloutBatch:
     """Pad prompts (left) and completions (right) into one batch.
 
-    A guided sample's completion is its guidance prefix followed by what the model generated after it,
-    cut to `max_new_tokens` in total; cut or never ended by EOS means truncated.
+    A guided sample's completion is its guidance prefix followed by what the model generated after it
+    (up to `max_new_tokens` of its own, as in the G2RPO-A authors' code); not ended by EOS means truncated.
     `prompt_ids`, `plan.prefix_ids` and `generations` are per sample (N), `examples` per prompt.
     """
     n = len(examples) * group_size
@@ -144,10 +144,11 @@ def build_rollout_batch(
         raise ValueError(f"expected {n} samples, got {len(prompt_ids)} prompts, {len(plan.prefix_ids)} plans, {len(generations)} generations")
     completions, truncated, guidance_tokens = [], [], []
     for prefix, gen in zip(plan.prefix_ids, generations):
-        full = list(prefix) + list(gen.token_ids)
-        truncated.append(not gen.finished or len(full) > max_new_tokens)
-        completions.append(full[:max_new_tokens])
-        guidance_tokens.append(min(len(prefix), max_new_tokens))
+        if len(gen.token_ids) > max_new_tokens:
+            raise ValueError(f"the engine returned {len(gen.token_ids)} tokens, more than max_new_tokens={max_new_tokens}")
+        completions.append(list(prefix) + list(gen.token_ids))
+        truncated.append(not gen.finished)
+        guidance_tokens.append(len(prefix))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompt_width = max(len(p) for p in prompt_ids)
     width = max(1, max(len(c) for c in completions))

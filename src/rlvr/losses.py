@@ -84,7 +84,8 @@ def policy_loss(
 
     loss_t = max(-A_t r_t, -A_t clip(r_t, 1 - clip_low, 1 + clip_high)) + beta * KL_t
     """
-    ratio = torch.exp(logprobs - old_logprobs)
+    # Masked positions get ratio 1 before exp: garbage log-probs there must not overflow into inf * 0 = nan.
+    ratio = torch.exp((logprobs - old_logprobs).masked_fill(~mask.bool(), 0.0))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     token_losses = torch.maximum(unclipped, clipped)

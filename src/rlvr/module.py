@@ -20,7 +20,7 @@ from rlvr.batch import Example, RolloutBatch, build_rollout_batch
 from rlvr.data.prompts import encode_prompt
 from rlvr.data.stream import PromptStream
 from rlvr.guidance.base import Guidance
-from rlvr.losses import aggregation_weight, entropy_from_logits, policy_loss, token_logprobs
+from rlvr.losses import AGGREGATIONS, KL_ESTIMATORS, aggregation_weight, entropy_from_logits, policy_loss, token_logprobs
 from rlvr.models.hf import HFModel
 from rlvr.rewards.base import Reward
 from rlvr.rollout.base import RolloutEngine
@@ -57,6 +57,13 @@ class AlgorithmConfig:
             raise ValueError(f"algorithm.truncation must be keep | mask, got {self.truncation!r}")
         if self.ppo_epochs < 1 or self.mini_batches < 1:
             raise ValueError("algorithm.ppo_epochs and algorithm.mini_batches must be >= 1")
+        # Checked here, not in the first loss after a long roll-out.
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(f"algorithm.loss_aggregation must be one of {' | '.join(AGGREGATIONS)}, got {self.loss_aggregation!r}")
+        if self.kl.estimator not in KL_ESTIMATORS or self.kl.beta < 0:
+            raise ValueError(f"algorithm.kl needs beta >= 0 and estimator in {' | '.join(KL_ESTIMATORS)}, got {self.kl}")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ValueError(f"algorithm.clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
 
     @property
     def optimizer_steps_per_rollout(self) -> int:
@@ -135,12 +142,13 @@ class RLVRModule(pl.LightningModule):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         n = batch.num_samples
-        mini_size = math.ceil(n / self.algo.mini_batches)
+        if self.algo.mini_batches > n:
+            raise ValueError(f"algorithm.mini_batches={self.algo.mini_batches} exceeds the {n} samples of a roll-out batch")
         sums: dict[str, float] = {}
         count = 0
         for _epoch in range(self.algo.ppo_epochs):
             order = torch.randperm(n, generator=self._shuffle)
-            for mini_index in order.split(mini_size):
+            for mini_index in order.tensor_split(self.algo.mini_batches):  # exactly the configured optimizer steps
                 mini = batch.select(mini_index)
                 micro_size = self.algo.micro_batch_size or len(mini_index)
                 stats: dict[str, float] = {}
@@ -185,11 +193,13 @@ class RLVRModule(pl.LightningModule):
 
     def completion_logits(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
         """Logits predicting each completion token: [N, C, V]."""
-        prompt_len = batch.prompt_ids.shape[1]
+        completion_len = batch.completion_ids.shape[1]
         attention = batch.attention_mask
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at each prompt
-        logits = model(input_ids=batch.input_ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
-        return logits[:, prompt_len - 1 : -1]
+        # Only the positions that predict completion tokens: no [N, prompt, vocab] logits.
+        logits = model(input_ids=batch.input_ids, attention_mask=attention, position_ids=positions,
+                       use_cache=False, logits_to_keep=completion_len + 1).logits
+        return logits[:, :-1]
 
     @torch.no_grad()
     def sequence_logprobs(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
@@ -204,7 +214,8 @@ class RLVRModule(pl.LightningModule):
     def log_step(self, batch: RolloutBatch, update: dict[str, float], timings: dict[str, float], reward_errors: int) -> None:
         correct = batch.correct.float()
         group_correct = correct.view(batch.num_groups, batch.group_size)
-        lengths = batch.token_mask.sum(-1).float()
+        # Tokens the policy generated itself (copied guidance tokens are not roll-out work).
+        lengths = (batch.token_mask.sum(-1) - batch.guidance_tokens).float()
         step_seconds = sum(timings.values())
         metrics = {
             "train/reward": batch.rewards.float().mean().item(),
@@ -222,13 +233,16 @@ class RLVRModule(pl.LightningModule):
             "time/step_s": step_seconds,
             "time/generated_tokens_per_s": lengths.sum().item() / max(timings["rollout"], 1e-9),
             **{f"train/{k}": v for k, v in update.items()},
-            **batch.metrics,
         }
-        if "judge/seconds" in metrics:
-            metrics["judge/share_of_step"] = metrics["judge/seconds"] / max(step_seconds, 1e-9)
+        plugin_metrics = dict(batch.metrics)
+        if "judge/seconds" in plugin_metrics:
+            plugin_metrics["judge/share_of_step"] = plugin_metrics["judge/seconds"] / max(step_seconds, 1e-9)
         shown = {"train/reward", "train/accuracy"}
         self.log_dict({k: v for k, v in metrics.items() if k not in shown}, on_step=True, sync_dist=True)
         self.log_dict({k: metrics[k] for k in shown}, on_step=True, prog_bar=True, sync_dist=True)
+        # Plugins may log a key on some ranks only (e.g. no guided sample there): reducing them key by key
+        # across ranks could pair different keys, so they are logged as rank 0 sees them.
+        self.log_dict(plugin_metrics, on_step=True, sync_dist=False, rank_zero_only=True)
 
     # ---- validation: greedy pass@1 on the held-out split ---------------------------------------
     def validation_step(self, examples: list[Example], _index: int) -> None:
@@ -244,6 +258,8 @@ class RLVRModule(pl.LightningModule):
         self.engine.update_weights(self.policy, self.tokenizer)
 
     def on_fit_start(self) -> None:
+        if str(self.trainer.precision).startswith("16"):
+            raise ValueError("precision 16-mixed is not supported (its loss scaling would bypass gradient clipping): use bf16-mixed")
         for reference in self._reference:
             reference.to(self.device)
 
@@ -271,7 +287,8 @@ class RLVRModule(pl.LightningModule):
             "prompts": self.prompts.state_dict(),
             "plugins": {name: p.state_dict() for name, p in self.plugins().items() if hasattr(p, "state_dict")},
             "shuffle": self._shuffle.get_state(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -284,11 +301,20 @@ class RLVRModule(pl.LightningModule):
         self._pending_rng = state["rng"]  # applied when training starts: loading itself draws random numbers
 
     def on_train_start(self) -> None:
-        if self._pending_rng is not None:
-            torch.set_rng_state(self._pending_rng["torch"])
-            random.setstate(self._pending_rng["python"])
-            np.random.set_state(self._pending_rng["numpy"])
-            self._pending_rng = None
+        if self._pending_rng is None:
+            # Each rank samples its own roll-outs (rank 0 keeps the run's seed).
+            if self.global_rank:
+                torch.manual_seed(self.seed + self.global_rank)
+            return
+        torch.set_rng_state(self._pending_rng["torch"])
+        random.setstate(self._pending_rng["python"])
+        name, keys, *rest = self._pending_rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+        if self._pending_rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+        self._pending_rng = None
+        if self.global_rank:  # the checkpoint holds rank 0's generators: other ranks draw fresh, distinct streams
+            torch.manual_seed(self.seed + self.global_rank + self.prompts.position)
 
     def state_dict(self, *args, **kwargs):
         # Only the policy's weights: metric states and frozen copies are not part of a checkpoint.
@@ -300,6 +326,12 @@ class RLVRModule(pl.LightningModule):
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(f"checkpoint does not match the policy: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
         return result
+
+
+def _numpy_state() -> tuple:
+    # Plain Python types: Lightning loads checkpoints with weights_only=True, which refuses numpy arrays.
+    name, keys, *rest = np.random.get_state()
+    return (name, keys.tolist(), *(r.item() if isinstance(r, np.generic) else r for r in rest))
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from rlvr.module import AlgorithmConfig, RLVRModule
 
 RLVR_TRAINER_KEYS = ("val_every", "checkpoint_every")
+# Checkpoints hold the state after the step's update, which is what resuming needs.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def build_module(cfg: DictConfig) -> RLVRModule:
@@ -68,7 +71,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer.validate(module, verbose=False)  # the "before" point of the val/accuracy curve (greedy: no RNG drawn)
     trainer.fit(module, ckpt_path=cfg.ckpt_path)
     if cfg.export_policy and trainer.is_global_zero:
-        module.policy.save_pretrained(run_dir / "policy")
+        policy = module.policy
+        if hasattr(policy, "merge_and_unload"):  # LoRA: fold the adapters in, so the folder is a plain HF model
+            policy = policy.merge_and_unload()
+        policy.save_pretrained(run_dir / "policy")
         module.tokenizer.save_pretrained(run_dir / "policy")
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 

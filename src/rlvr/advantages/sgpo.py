@@ -167,7 +167,8 @@ class SGPOAdvantage(AdvantageEstimator):
             if needs_tokens:
                 start, cut_after[i] = self._error_tokens(batch, i, steps[i][error])
             if self.rts == "steps":
-                rts[i] = error / num_steps
+                copied = _copied_steps(batch, i, steps[i])
+                rts[i] = max(error - copied, 0) / max(num_steps - copied, 1)
             else:
                 loss = batch.loss_mask[i].float()
                 rts[i] = float(loss[:start].sum() / loss.sum()) if loss.sum() > 0 else 0.0
@@ -206,3 +207,14 @@ class SGPOAdvantage(AdvantageEstimator):
             "judge/seconds": seconds,
             "judge/parse_failures": float(sum(not v.parsed for v in verdicts)),
         }
+
+
+def _copied_steps(batch: RolloutBatch, i: int, spans: list[tuple[int, int]]) -> int:
+    """Leading steps of response i copied from the reference as guidance that the loss does not score
+    (loss_on_guidance=false): they are not the policy's reasoning, so RTS counts only the steps after them.
+    With loss_on_guidance=true the copied steps are scored as the policy's own and count like any other."""
+    guided = int(batch.guidance_tokens[i])
+    if guided == 0 or bool(batch.loss_mask[i, :guided].any()):
+        return 0
+    copied_chars = len(batch.tokenizer.decode(batch.completion_ids[i, :guided].tolist(), skip_special_tokens=True))
+    return sum(1 for _, end in spans if end <= copied_chars)

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from rlvr.batch import Example, RolloutBatch
+from rlvr.distributed import global_mean
 from rlvr.guidance.base import Guidance, GuidancePlan
 
 UNITS = ("tokens", "steps")
@@ -238,7 +239,7 @@ class AdaptiveGuidance(ScheduledGuidance):
     def _advance(self, batch: RolloutBatch) -> None:
         if batch.correct is None:
             raise ValueError("AdaptiveGuidance needs batch.correct (the accuracy of each roll-out) in observe()")
-        accuracy = batch.correct.float().mean().item()
+        accuracy = global_mean(batch.correct)  # every rank must move ℓ alike
         if self.steps_observed % self.period == 0 and len(self.history) >= self.window:
             self.length = self.update(accuracy, sum(self.history) / len(self.history))
         self.history = (self.history + [accuracy])[-self.window :]

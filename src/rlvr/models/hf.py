@@ -59,6 +59,7 @@ class HFModel:
         gguf_file: str | None = None,
         tokenizer: str | None = None,
         dtype: str = "float32",
+        reference_dtype: str | None = None,
         gradient_checkpointing: bool = False,
         lora: dict[str, Any] | None = None,
         trust_remote_code: bool = False,
@@ -67,7 +68,8 @@ class HFModel:
         self.name_or_path = name_or_path
         self.gguf_file = gguf_file
         self.tokenizer_name = tokenizer
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype)  # the trained weights: keep float32 (bf16 weights swallow small Adam steps)
+        self.reference_dtype = resolve_dtype(reference_dtype) if reference_dtype else self.dtype  # frozen copy
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = dict(lora) if lora else None
         self.trust_remote_code = trust_remote_code
@@ -88,16 +90,16 @@ class HFModel:
         tokenizer.padding_side = "left"
         return tokenizer
 
-    def _load(self):
+    def _load(self, dtype: torch.dtype | str):
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict[str, Any] = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code, **self._gguf()}
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": self.trust_remote_code, **self._gguf()}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         return AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
 
     def load_policy(self) -> torch.nn.Module:
-        model = self._load()
+        model = self._load(self.dtype)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False  # generation turns the cache back on in eval mode
@@ -109,6 +111,6 @@ class HFModel:
         return model
 
     def load_reference(self) -> torch.nn.Module:
-        model = self._load()
+        model = self._load(self.reference_dtype)
         model.eval().requires_grad_(False)
         return model

@@ -1,4 +1,7 @@
-"""Roll-out engine interface: prompt token ids in, sampled completion token ids and log-probs out."""
+"""Roll-out engine interface: prompt token ids in, sampled completion token ids (and log-probs, if cheap) out.
+
+The trainer recomputes log-probs with the policy itself, so an engine's own are informational only.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 @dataclass
 class Generation:
     token_ids: list[int]  # sampled tokens, EOS included when the model stopped by itself
-    logprobs: list[float]  # the engine's log-prob of each sampled token (under its sampling distribution)
+    logprobs: list[float] | None  # the engine's log-prob of each sampled token, if it reports them cheaply
     finished: bool  # True: ended with EOS; False: cut at max_new_tokens
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 from rlvr.rollout.base import Generation, RolloutEngine
 
@@ -45,33 +46,30 @@ class HFEngine(RolloutEngine):
         greedy = greedy or self.temperature == 0
         was_training = model.training
         model.eval()
+        # A fresh config: a checkpoint's own sampling defaults (repetition penalty, top-k...) would make the
+        # roll-outs come from another distribution than the one the trainer scores.
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            temperature=1.0 if greedy else self.temperature,
+            top_p=1.0 if greedy else self.top_p,
+            top_k=0,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(eos_ids),
+            use_cache=True,
+        )
         try:
-            result = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else self.temperature,
-                top_p=None if greedy else self.top_p,
-                top_k=None,
-                pad_token_id=pad_id,
-                eos_token_id=sorted(eos_ids),
-                use_cache=True,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
+            sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config)
         finally:
             model.train(was_training)
-        new_tokens = result.sequences[:, width:].cpu()
-        # Log-probs of the sampled tokens under the (temperature / top-p processed) sampling distribution.
-        scores = torch.stack(result.scores, dim=1).float().log_softmax(-1).cpu()
-        token_logprobs = scores.gather(-1, new_tokens[:, : scores.shape[1], None]).squeeze(-1)
+        new_tokens = sequences[:, width:].cpu()
         generations = []
         for i in range(len(prompts)):
             ids = new_tokens[i].tolist()
             end = next((j + 1 for j, t in enumerate(ids) if t in eos_ids), None)
-            kept = ids[:end] if end is not None else ids
-            generations.append(Generation(kept, token_logprobs[i, : len(kept)].tolist(), finished=end is not None))
+            # No engine log-probs: keeping every step's full-vocabulary scores costs GBs on real models, and
+            # the trainer recomputes log-probs with the policy anyway (engine and trainer may differ).
+            generations.append(Generation(ids[:end] if end is not None else ids, None, finished=end is not None))
         return generations
 
 

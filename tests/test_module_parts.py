@@ -1,0 +1,60 @@
+"""The module's pure parts: learning-rate schedule, algorithm config checks, the prompt stream."""
+
+import math
+
+import pytest
+
+from rlvr.data.arithmetic import ArithmeticTask
+from rlvr.data.stream import PromptStream
+from rlvr.module import AlgorithmConfig, warmup_cosine
+
+
+def test_warmup_then_cosine_to_min_ratio():
+    f = warmup_cosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+
+
+def test_algorithm_config_rejects_bad_values():
+    assert AlgorithmConfig(kl={"beta": 0.1, "estimator": "k2"}).kl.estimator == "k2"
+    assert AlgorithmConfig(ppo_epochs=2, mini_batches=4).optimizer_steps_per_rollout == 8
+    with pytest.raises(ValueError, match="keep \\| mask"):
+        AlgorithmConfig(truncation="drop")
+    with pytest.raises(ValueError, match="ppo_epochs"):
+        AlgorithmConfig(ppo_epochs=0)
+
+
+EXAMPLES = ArithmeticTask(train_size=10, val_size=4, seed=3).train()
+
+
+def test_stream_covers_each_epoch_once_and_reshuffles():
+    stream = PromptStream(EXAMPLES, prompts_per_step=5, seed=0)
+    first = stream.next() + stream.next()
+    second = stream.next() + stream.next()
+    ids = sorted(e.id for e in EXAMPLES)
+    assert sorted(e.id for e in first) == ids and sorted(e.id for e in second) == ids
+    assert [e.id for e in first] != [e.id for e in second]
+
+
+def test_stream_resumes_where_it_stopped():
+    straight = PromptStream(EXAMPLES, 3, seed=1)
+    expected = [[e.id for e in straight.next()] for _ in range(6)]
+    stopped = PromptStream(EXAMPLES, 3, seed=1)
+    got = [[e.id for e in stopped.next()] for _ in range(2)]
+    resumed = PromptStream(EXAMPLES, 3, seed=1)
+    resumed.load_state_dict(stopped.state_dict())
+    got += [[e.id for e in resumed.next()] for _ in range(4)]
+    assert got == expected
+    with pytest.raises(ValueError, match="covered 10 examples"):
+        PromptStream(EXAMPLES[:5], 3).load_state_dict(stopped.state_dict())
+
+
+def test_ranks_take_disjoint_prompts_of_one_global_stream():
+    single = PromptStream(EXAMPLES, 4, seed=2)
+    global_order = [e.id for e in single.next()] + [e.id for e in single.next()]
+    ranks = [PromptStream(EXAMPLES, 2, seed=2) for _ in range(2)]
+    per_step = [[e.id for e in ranks[r].next(rank=r, world_size=2)] for r in range(2)]
+    assert per_step[0] + per_step[1] == global_order[:4]
+    assert ranks[0].position == ranks[1].position == 4
