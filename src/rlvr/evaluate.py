@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlvr.batch import Example
 from rlvr.data.prompts import encode_prompt
+from rlvr.models.hf import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ def load_checkpoint_weights(policy: torch.nn.Module, path: str | Path) -> None:
         policy.load_state_dict(weights, strict=True)
     except RuntimeError as exc:  # shape mismatches
         raise ValueError(f"ckpt {path} does not match the model config's policy: {exc}") from exc
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def score_problems(

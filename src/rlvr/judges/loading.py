@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
-from rlvr.models.hf import load_tokenizer
+from rlvr.models.hf import check_device, load_tokenizer, resolve_device
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56; the project allows older releases.
@@ -22,27 +22,6 @@ def check_dtype(dtype: str) -> str:
     if dtype != "auto" and dtype not in DTYPES:
         raise ValueError(f"judge dtype must be auto | {' | '.join(DTYPES)}, got {dtype!r}")
     return dtype
-
-
-def check_device(device: str) -> str:
-    if device == "auto":
-        return device
-    try:
-        torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"judge device {device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)") from err
-    return device
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto": the first GPU when there is one, else the CPU. A GPU asked for and absent is an error, not a silent CPU."""
-    check_device(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"judge device {device!r} asked for, but CUDA is not available here (use device=cpu or auto)")
-    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -50,6 +50,27 @@ def load_tokenizer(source: str, **kwargs: Any):
     return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
+def check_device(device: str) -> str:
+    if device == "auto":
+        return device
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)") from err
+    return device
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto": the first GPU when there is one, else the CPU. A GPU asked for and absent is an error, not a silent CPU."""
+    check_device(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but CUDA is not available here (use device=cpu or auto)")
+    return resolved
+
+
 class HFModel:
     """A causal LM loadable by `transformers`: the policy, its frozen reference copy and its tokenizer."""
 

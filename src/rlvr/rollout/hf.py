@@ -48,15 +48,10 @@ class HFEngine(RolloutEngine):
         model.eval()
         # A fresh config: a checkpoint's own sampling defaults (repetition penalty, top-k...) would make the
         # roll-outs come from another distribution than the one the trainer scores.
+        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
         config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            temperature=1.0 if greedy else self.temperature,
-            top_p=1.0 if greedy else self.top_p,
-            top_k=0,
-            pad_token_id=pad_id,
-            eos_token_id=sorted(eos_ids),
-            use_cache=True,
+            max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
+            use_cache=True, **sampling,
         )
         try:
             sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config)
