@@ -101,9 +101,10 @@ def plot_runs(
         for index, (run, label) in enumerate(zip(runs, run_labels(dirs))):
             if column in run:
                 steps, values = zip(*run[column])
-                marker = "o" if len(steps) < 20 else None  # sparse series (validation) stay visible
+                sparse = len(steps) < 20  # validation points: shown raw, with markers (a mean would hide drops)
                 # A fixed colour per run, so a run missing from one subplot does not shift the others'.
-                ax.plot(steps, smooth(list(values), window), label=label, color=f"C{index % 10}", marker=marker, markersize=3)
+                shown = list(values) if sparse else smooth(list(values), window)
+                ax.plot(steps, shown, label=label, color=f"C{index % 10}", marker="o" if sparse else None, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", help="run directories holding metrics.csv; several are overlaid")
     parser.add_argument("--out", help="PNG to write (default: curves.png in the runs' common parent folder)")
     parser.add_argument("--metric", action="append", help="a metrics.csv column to plot instead of the defaults (repeatable)")
-    parser.add_argument("--smooth", type=int, default=1, help="moving-average window in logged points (default 1: raw)")
+    parser.add_argument("--smooth", type=int, default=1, help="moving-average window in logged points for per-step metrics (default 1: raw); sparse validation points stay raw")
     args = parser.parse_args(argv)
     out = args.out or Path(os.path.commonpath([os.path.abspath(d) for d in args.run_dirs])) / "curves.png"
     metrics = [(m, m) for m in args.metric] if args.metric else None
