@@ -53,9 +53,14 @@ class HFEngine(RolloutEngine):
             max_new_tokens=max_new_tokens, do_sample=not greedy, pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
             use_cache=True, **sampling,
         )
+        # transformers fills a passed config's unset fields from model.generation_config, so that one is
+        # swapped out for the call, not merely overridden.
+        owner = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: the wrapped model's
+        saved, owner.generation_config = owner.generation_config, config
         try:
             sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config)
         finally:
+            owner.generation_config = saved
             model.train(was_training)
         new_tokens = sequences[:, width:].cpu()
         generations = []
