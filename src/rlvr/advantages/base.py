@@ -52,9 +52,14 @@ def group_normalize(rewards: Tensor, group_ids: Tensor, scale: str = "group", ep
     if scale == "batch":
         std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
         return centred / (std + eps)
-    sq = torch.zeros(num_groups, device=rewards.device).index_add_(0, group_ids, centred**2)
-    std = (sq / (counts - 1).clamp(min=1)).sqrt()
-    return centred / (std[group_ids] + eps)
+    return centred / (group_std(centred, group_ids, num_groups)[group_ids] + eps)
+
+
+def group_std(centred: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:
+    """Unbiased std of each group [num_groups], from rewards already centred on their group mean."""
+    counts = torch.bincount(group_ids, minlength=num_groups).float()
+    sq = torch.zeros(num_groups, device=centred.device).index_add_(0, group_ids, centred**2)
+    return (sq / (counts - 1).clamp(min=1)).sqrt()
 
 
 def broadcast_to_tokens(per_sample: Tensor, mask: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import Tensor
 
-from rlvr.advantages.base import AdvantageEstimator, broadcast_to_tokens, group_normalize
+from rlvr.advantages.base import AdvantageEstimator, broadcast_to_tokens, group_normalize, group_std
 from rlvr.batch import RolloutBatch
 from rlvr.data.steps import split_steps, token_step_spans
 from rlvr.judges.base import Judge
@@ -111,9 +111,7 @@ class SGPOAdvantage(AdvantageEstimator):
         stds = torch.zeros(num_groups, device=device)
         if failed.any():
             centred = group_normalize(shaped, gids, "none")  # exact 0 for a group of equal shaped rewards
-            counts = torch.bincount(gids, minlength=num_groups).float()
-            sq = torch.zeros(num_groups, device=device).index_add_(0, gids, centred**2)
-            stds = (sq / (counts - 1).clamp(min=1)).sqrt()
+            stds = group_std(centred, gids, num_groups)
             if self.normalize == "group_std":
                 scaled = centred / (stds[gids] + self.eps)
             elif self.normalize == "min_std":

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
-from rlvr.models.hf import check_device, load_tokenizer, resolve_device
+from rlvr.models.hf import DTYPES, check_device, load_tokenizer, resolve_device
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56; the project allows older releases.
 _DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 

@@ -29,11 +29,14 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
 def resolve_dtype(dtype: str) -> torch.dtype | str:
     if dtype == "auto":
         return "auto"
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        return DTYPES[dtype]
     except KeyError:
         raise ValueError(f"model.dtype must be auto | float32 | bfloat16 | float16, got {dtype!r}") from None
 
