@@ -10,12 +10,9 @@ groups that carry a gradient over those windows; the guidance length at the star
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-
-def series(rows: list[dict[str, str]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+from rlvr.metrics import read_metrics, series
 
 
 def mean(values: list[float]) -> float:
@@ -23,8 +20,7 @@ def mean(values: list[float]) -> float:
 
 
 def summarise(run: Path, window: int) -> dict[str, float]:
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(run)
     val = series(rows, "val/accuracy")
     # Unguided roll-outs are the policy's own ability; without guidance every roll-out is unguided.
     own = series(rows, "guidance/accuracy_unguided") or series(rows, "train/accuracy")

@@ -39,7 +39,7 @@ def make_batch(
             prefix = encode(prefixes[g][i])
             prefix_ids.append(prefix)
             ids = encode(completions[g][i]) + ([TOKENIZER.eos_token_id] if finished[g][i] else [])
-            generations.append(Generation(ids, None, finished[g][i]))
+            generations.append(Generation(ids, finished[g][i]))
             prompt_ids.append(encode(examples[g].prompt))
     plan = GuidancePlan(prefix_ids=prefix_ids, guided=[bool(p) for p in prefix_ids], length=0.0)
     return build_rollout_batch(examples, size, prompt_ids, plan, generations, TOKENIZER, max_new_tokens, loss_on_guidance, mask_truncated)

@@ -66,8 +66,10 @@ def test_group_advantages_sum_to_zero():
 
 
 def test_unknown_scale_is_rejected():
-    with pytest.raises(ValueError, match="group \\| batch \\| none"):
+    with pytest.raises(ValueError, match=r"advantage.scale must be one of group \| batch \| none, got 'std'"):
         GRPOAdvantage(scale="std")
+    with pytest.raises(ValueError, match=r"advantage.scale must be one of group \| batch \| none, got 'std'"):
+        group_normalize(torch.zeros(2), torch.zeros(2, dtype=torch.long), "std")
 
 
 def test_grpo_broadcasts_to_loss_tokens_only():

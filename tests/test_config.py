@@ -28,7 +28,49 @@ CASES = [(g, o) for g in GROUPS for o in options(g)]
 
 
 def test_expected_groups_exist():
-    assert {"model", "data", "reward", "rollout", "advantage", "guidance", "judge", "trainer", "logger"} <= set(GROUPS)
+    assert {"model", "data", "reward", "rollout", "advantage", "loss", "guidance", "judge", "trainer", "logger", "experiment"} <= set(GROUPS)
+
+
+def test_every_package_of_the_tree_is_installed():
+    """pyproject lists the packages by hand (conf/ is mapped to rlvr.conf): a new package must be added there."""
+    import tomllib
+
+    root = CONF.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(root / "src").parts) for p in (root / "src").rglob("__init__.py")}
+    assert listed == on_disk | {"rlvr.conf"}
+    assert not (root / "src" / "rlvr" / "conf").exists()  # no symlink: the top-level conf/ is the only copy
+
+
+def test_trainer_presets_hold_only_lightning_arguments():
+    import inspect
+
+    import pytorch_lightning as pl
+
+    accepted = set(inspect.signature(pl.Trainer.__init__).parameters)
+    for option in options("trainer"):
+        with initialize_config_module("rlvr.conf", version_base="1.3"):
+            cfg = compose("train", overrides=[f"trainer={option}"])
+        assert set(cfg.trainer) - {"_target_"} <= accepted, option
+
+
+def test_experiments_set_several_groups():
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        both = compose("train", overrides=["experiment=sgpo_adaptive"])
+        dapo = compose("train", overrides=["experiment=dapo", "model=qwen1.5b"])
+    assert both.advantage._target_.endswith("SGPOAdvantage") and both.guidance._target_.endswith("AdaptiveGuidance")
+    assert both.judge._target_.endswith("RuleJudge")
+    assert (dapo.loss.clip_high, dapo.algorithm.truncation, dapo.optimizer.lr) == (0.28, "mask", 1e-6)
+
+
+@pytest.mark.parametrize("option, path", [("qwen0.5b", "Qwen/Qwen2.5-0.5B"), ("qwen7b", "Qwen/Qwen2.5-7B"), ("qwen_math1.5b", "Qwen/Qwen2.5-Math-1.5B")])
+def test_qwen_presets_share_one_base(option, path):
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={option}"])
+        base = compose("train", overrides=["model=qwen"])
+    assert cfg.model.name_or_path == path
+    assert {k: v for k, v in cfg.model.items() if k != "name_or_path"} == {k: v for k, v in base.model.items() if k != "name_or_path"}
+    assert (cfg.optimizer.lr, cfg.algorithm.micro_batch_size) == (1e-6, 4)
 
 
 @pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
@@ -37,6 +79,8 @@ def test_every_option_composes_and_builds(group, option):
     with initialize_config_module("rlvr.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     OmegaConf.resolve(cfg)  # every interpolation resolves
+    if group == "experiment":  # a preset of other groups: composing and resolving is its test
+        return
     node = cfg.get(group)
     if group == "judge" and option == "none":
         assert node is None

@@ -141,7 +141,7 @@ def test_bad_prompt_template(template):
 
 @pytest.mark.parametrize("size", [-1, 1.5])
 def test_bad_sizes(size):
-    with pytest.raises(ValueError, match=re.escape(f"train_size must be a non-negative integer or null, got {size!r}")):
+    with pytest.raises(ValueError, match=re.escape(f"data.train_size must be an integer >= 0 or null, got {size!r}")):
         GSM8K(train_size=size)
 
 

@@ -85,7 +85,7 @@ class ScriptedEngine:
                 i = self.calls[prompt] = self.calls.get(prompt, -1) + 1
                 text = self.sampled[prompt][i]
             tokens = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-            out.append(Generation(tokens, [0.0] * len(tokens), True))
+            out.append(Generation(tokens, True))
         return out
 
 

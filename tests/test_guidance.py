@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 from rlvr.batch import Example, RolloutBatch
 from rlvr.data.arithmetic import make_example
 from rlvr.guidance.base import Guidance
-from rlvr.guidance.schedules import AdaptiveGuidance, DecayGuidance, FixedGuidance, ScheduledGuidance
+from rlvr.guidance.adaptive import AdaptiveGuidance
+from rlvr.guidance.decay import DecayGuidance
+from rlvr.guidance.scheduled import FixedGuidance, ScheduledGuidance
 from rlvr.models.tiny import build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "guidance"
@@ -283,8 +285,8 @@ def test_load_state_dict_rejects_foreign_state():
         (dict(guided_per_group=1.0), r"must be in \(0, 1\)"),
         (dict(guided_per_group=True), "guided_per_group must be an int"),
         (dict(guided_per_group="2"), "guided_per_group must be an int"),
-        (dict(unit="chars"), "unit must be one of tokens | steps"),
-        (dict(initial_length=-1), "initial_length must be >= 0"),
+        (dict(unit="chars"), r"guidance.unit must be one of tokens \| steps, got 'chars'"),
+        (dict(initial_length=-1), "guidance.initial_length must be a number >= 0, got -1"),
         (dict(initial_length=5, max_length=3), r"initial_length \(5\) exceeds guidance.max_length \(3\)"),
     ],
 )
@@ -303,9 +305,9 @@ def test_guided_per_group_checked_against_group_size(tok):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(mode="cosine"), "mode must be linear | exponential"),
-        (dict(total_steps=0), "total_steps must be an integer >= 1"),
-        (dict(final_length=-1), "final_length must be >= 0"),
+        (dict(mode="cosine"), r"guidance.mode must be one of linear \| exponential, got 'cosine'"),
+        (dict(total_steps=0), "guidance.total_steps must be an integer >= 1, got 0"),
+        (dict(final_length=-1), "guidance.final_length must be a number >= 0, got -1"),
         (dict(final_length=9, max_length=8, initial_length=2), "final_length .* exceeds guidance.max_length"),
     ],
 )
@@ -332,7 +334,7 @@ def test_bad_adaptive_options(kwargs, message):
 
 
 def test_yaml_configs_instantiate():
-    # decay.yaml takes its length from ${trainer.max_steps} of the composed config: give it one here
+    # decay.yaml takes its length from ${max_steps} of the composed config: give it one here
     runs_for = {"decay": {"total_steps": 300}}
     built = {
         name: instantiate(OmegaConf.merge(OmegaConf.load(CONF / f"{name}.yaml"), runs_for.get(name, {})))

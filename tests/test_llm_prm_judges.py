@@ -180,7 +180,7 @@ def fake_engine(judge: LLMJudge, replies: list[str]) -> list[list[int]]:
     def generate(prompt_ids, max_new_tokens=None):
         sent.extend(prompt_ids)
         answers = replies[len(sent) - len(prompt_ids) : len(sent)]
-        return [Generation(tokenizer.encode(a) + [tokenizer.eos_token_id], [0.0] * (len(a) + 1), True) for a in answers]
+        return [Generation(tokenizer.encode(a) + [tokenizer.eos_token_id], True) for a in answers]
 
     judge.engine.generate = generate
     return sent

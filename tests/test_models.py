@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlvr.models.hf import HFModel, resolve_path
+from rlvr.models.hf import DTYPES, HFModel, pad_token_id, resolve_dtype, resolve_path
 from rlvr.models.tiny import build_char_tokenizer, tiny_qwen2_config
 
 
@@ -54,3 +54,35 @@ def test_reference_is_frozen_and_bad_dtype_rejected(tiny_dir):
     assert not ref.training and not any(p.requires_grad for p in ref.parameters())
     with pytest.raises(ValueError, match="bfloat16"):
         HFModel(str(tiny_dir), dtype="fp8")
+
+
+def test_resolve_dtype_names_auto_by_device_and_errors(monkeypatch):
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    for name, dtype in DTYPES.items():
+        assert resolve_dtype(name) == dtype and resolve_dtype(name, torch.device("cpu")) == dtype
+    # No device: the one a run would pick (resolve_device("auto")).
+    assert resolve_dtype("auto") == (resolve_dtype("auto", torch.device("cuda")) if torch.cuda.is_available() else torch.float32)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for capability, dtype in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_dtype("auto", torch.device("cuda")) == dtype
+    with pytest.raises(ValueError, match=r"dtype must be auto \| bfloat16 \| float16 \| float32, got 'fp8'"):
+        resolve_dtype("fp8")
+
+
+def test_auto_dtype_is_checked_early_and_loads_float32_on_cpu(tiny_dir, monkeypatch):
+    with pytest.raises(ValueError, match="model.reference_dtype must be auto"):
+        HFModel(str(tiny_dir), reference_dtype="half")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = HFModel(str(tiny_dir), dtype="auto", reference_dtype="bfloat16")
+    assert next(spec.load_policy().parameters()).dtype == torch.float32
+    assert next(spec.load_reference().parameters()).dtype == torch.bfloat16
+
+
+def test_pad_token_id_falls_back_to_eos_then_errors():
+    from types import SimpleNamespace
+
+    assert pad_token_id(SimpleNamespace(pad_token_id=3, eos_token_id=1)) == 3
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=0)) == 0
+    with pytest.raises(ValueError, match="neither a pad nor an EOS token"):
+        pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))

@@ -1,12 +1,16 @@
-"""The module's pure parts: learning-rate schedule, algorithm config checks, the prompt stream."""
+"""The module's pure parts: learning-rate schedule, algorithm config checks, early run checks, the prompt stream."""
 
 import math
 
 import pytest
+import torch
+from hydra import compose, initialize_config_module
 
+from rlvr.algorithm import AlgorithmConfig
 from rlvr.data.arithmetic import ArithmeticTask
 from rlvr.data.stream import PromptStream
-from rlvr.module import AlgorithmConfig, warmup_cosine
+from rlvr.optim import warmup_cosine, warmup_cosine_schedule
+from rlvr.train import check_run_options
 
 
 def test_warmup_then_cosine_to_min_ratio():
@@ -17,13 +21,37 @@ def test_warmup_then_cosine_to_min_ratio():
     assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
 
 
+def test_schedule_node_builds_a_lambda_schedule_and_checks_its_options():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    schedule = warmup_cosine_schedule(optimizer, total_steps=10, warmup_steps=2, min_lr_ratio=0.5)
+    assert schedule.get_last_lr() == [1.0]  # step 0 of a 2-step warm-up: half the lr
+    with pytest.raises(ValueError, match="scheduler.min_lr_ratio must be a number >= 0 and <= 1"):
+        warmup_cosine_schedule(optimizer, total_steps=10, min_lr_ratio=2)
+
+
 def test_algorithm_config_rejects_bad_values():
-    assert AlgorithmConfig(kl={"beta": 0.1, "estimator": "k2"}).kl.estimator == "k2"
     assert AlgorithmConfig(ppo_epochs=2, mini_batches=4).optimizer_steps_per_rollout == 8
+    assert AlgorithmConfig(truncation="mask").mask_truncated and not AlgorithmConfig().mask_truncated
     with pytest.raises(ValueError, match="keep \\| mask"):
         AlgorithmConfig(truncation="drop")
-    with pytest.raises(ValueError, match="ppo_epochs"):
+    with pytest.raises(ValueError, match="algorithm.ppo_epochs must be an integer >= 1, got 0"):
         AlgorithmConfig(ppo_epochs=0)
+    with pytest.raises(ValueError, match="algorithm.max_grad_norm"):
+        AlgorithmConfig(max_grad_norm=-1.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+trainer.max_steps=5", "trainer.max_steps is not a setting"),
+    ("max_steps=0", "max_steps must be an integer >= 1"),
+    ("trainer.precision=16-mixed", "bf16-mixed"),
+    ("algorithm.mini_batches=65", "exceeds the 64 samples"),
+])
+def test_run_options_fail_before_any_model_loads(override, message):
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[override])
+    algorithm = AlgorithmConfig(**cfg.algorithm)
+    with pytest.raises(ValueError, match=message):
+        check_run_options(cfg, algorithm)
 
 
 EXAMPLES = ArithmeticTask(train_size=10, val_size=4, seed=3).train()

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.plot import DEFAULT_METRICS, main, plot_runs, present_metrics, read_metrics, run_labels, smooth
+from rlvr.metrics import read_metrics, series
+from rlvr.plot import DEFAULT_METRICS, main, plot_runs, present_metrics, read_curves, run_labels, smooth
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -22,17 +23,27 @@ def write_metrics(run_dir: Path, with_guidance: bool) -> Path:
     return run_dir
 
 
-def test_read_metrics_keeps_only_logged_cells(tmp_path):
-    metrics = read_metrics(write_metrics(tmp_path / "run", with_guidance=False))
+def test_read_curves_keeps_only_logged_cells(tmp_path):
+    metrics = read_curves(write_metrics(tmp_path / "run", with_guidance=False))
     assert metrics["val/accuracy"] == [(2.0, 0.2), (5.0, 0.5)]
     assert [s for s, _ in metrics["train/reward"]] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert metrics["train/completion_length"][-1] == (5.0, 25.0)
     assert "step" not in metrics and "guidance/length" not in metrics
 
 
+def test_read_metrics_rows_hold_their_logged_cells_as_floats(tmp_path):
+    rows = read_metrics(write_metrics(tmp_path / "run", with_guidance=True))
+    assert len(rows) == 8 and [r["step"] for r in rows[:4]] == [0.0, 1.0, 2.0, 2.0]
+    assert rows[3] == {"epoch": 0.0, "step": 2.0, "val/accuracy": 0.2}  # a validation row: its empty cells are left out
+    assert "val/accuracy" not in rows[0] and rows[0]["train/completion_length"] == 20.0
+    assert series(rows, "val/accuracy") == [0.2, 0.5]
+    assert series(rows, "guidance/length") == pytest.approx([0.5, 0.4, 0.3, 0.2, 0.1, 0.0], abs=1e-12)
+    assert series(rows, "train/kl") == []
+
+
 def test_present_metrics_takes_what_any_run_logged(tmp_path):
-    plain = read_metrics(write_metrics(tmp_path / "none", with_guidance=False))
-    guided = read_metrics(write_metrics(tmp_path / "adaptive", with_guidance=True))
+    plain = read_curves(write_metrics(tmp_path / "none", with_guidance=False))
+    guided = read_curves(write_metrics(tmp_path / "adaptive", with_guidance=True))
     columns = [c for c, _ in present_metrics([plain, guided], DEFAULT_METRICS)]
     assert columns == ["train/reward", "train/accuracy", "val/accuracy", "train/all_negative_frac",
                        "train/completion_length", "train/entropy", "guidance/length"]  # no KL logged

@@ -131,7 +131,7 @@ def test_math_verify_unparsable_reference_is_an_error():
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, "5"])
 def test_math_verify_rejects_bad_timeout(value):
-    with pytest.raises(ValueError, match=re.escape(f"reward.timeout_seconds must be a positive integer or null, got {value!r}")):
+    with pytest.raises(ValueError, match=re.escape(f"reward.timeout_seconds must be an integer >= 1 or null, got {value!r}")):
         MathVerifyReward(timeout_seconds=value)
 
 
@@ -165,7 +165,7 @@ def test_on_error_zero_scores_and_counts():
 
 
 def test_on_error_rejects_unknown_policy():
-    with pytest.raises(ValueError, match=re.escape("reward.on_error must be 'raise' or 'zero', got 'skip'")):
+    with pytest.raises(ValueError, match=re.escape("reward.on_error must be one of raise | zero, got 'skip'")):
         ExactAnswerReward(on_error="skip")
 
 

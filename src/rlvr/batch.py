@@ -12,6 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlvr.models.hf import pad_token_id
+from rlvr.tensors import pad_sequences
+
 
 @dataclass(frozen=True)
 class Example:
@@ -52,7 +55,6 @@ class RolloutBatch:
     truncated: Tensor  # [N] bool: hit max_new_tokens without EOS
     guided: Tensor  # [N] bool
     guidance_tokens: Tensor  # [N] long: leading completion tokens copied from the reference
-    guidance_length: float = 0.0  # the schedule's length at this step, in its unit
     rewards: Tensor | None = None  # [N] float
     correct: Tensor | None = None  # [N] bool
     first_error_step: Tensor | None = None  # [N] long, judge output: -1 no error found / not judged
@@ -149,18 +151,10 @@ def build_rollout_batch(
         completions.append(list(prefix) + list(gen.token_ids))
         truncated.append(not gen.finished)
         guidance_tokens.append(len(prefix))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_width = max(len(p) for p in prompt_ids)
-    width = max(1, max(len(c) for c in completions))
-    prompt_tensor = torch.full((n, prompt_width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((n, prompt_width), dtype=torch.long)
-    completion_tensor = torch.full((n, width), pad, dtype=torch.long)
-    token_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completions)):
-        prompt_tensor[i, prompt_width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        prompt_mask[i, prompt_width - len(p) :] = 1
-        completion_tensor[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        token_mask[i, : len(c)] = 1
+    pad = pad_token_id(tokenizer)
+    prompt_tensor, prompt_mask = pad_sequences(prompt_ids, pad, side="left")
+    # At least one column, so a batch of empty completions still has a [N, 1] (all-padding) shape.
+    completion_tensor, token_mask = pad_sequences(completions, pad, side="right", width=max(1, max(len(c) for c in completions)))
     truncated_t = torch.tensor(truncated, dtype=torch.bool)
     guidance_t = torch.tensor(guidance_tokens, dtype=torch.long)
     return RolloutBatch(
@@ -175,7 +169,6 @@ def build_rollout_batch(
         truncated=truncated_t,
         guided=torch.tensor(plan.guided, dtype=torch.bool),
         guidance_tokens=guidance_t,
-        guidance_length=float(plan.length),
         metrics={"guidance/unguidable": float(plan.unguidable)} if plan.unguidable else {},
         tokenizer=tokenizer,
     )

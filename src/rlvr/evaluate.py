@@ -158,7 +158,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://rlvr.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
     report = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 from pathlib import Path
+
+from rlvr.metrics import read_metrics
 
 # (column, subplot title); each is drawn when at least one run logged it.
 DEFAULT_METRICS = [
@@ -26,30 +27,14 @@ DEFAULT_METRICS = [
 ]
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """Every column of <run_dir>/metrics.csv as (step, value) pairs; Lightning leaves a cell empty
-    when that row did not log the metric, so those cells are skipped."""
-    file = Path(run_dir) / "metrics.csv"
-    if not file.is_file():
-        raise FileNotFoundError(f"no metrics.csv in {run_dir} (expected {file}, written by the csv logger)")
-    with file.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "step" not in reader.fieldnames:
-            raise ValueError(f"{file} has no 'step' column (columns: {reader.fieldnames})")
-        series: dict[str, list[tuple[float, float]]] = {name: [] for name in reader.fieldnames if name != "step"}
-        for line, row in enumerate(reader, start=2):
-            step = _number(row["step"], file, line, "step")
-            for name in series:
-                if row.get(name) not in (None, ""):
-                    series[name].append((step, _number(row[name], file, line, name)))
-    return {name: points for name, points in series.items() if points}
-
-
-def _number(text: str | None, file: Path, line: int, column: str) -> float:
-    try:
-        return float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{file}, line {line}: column {column!r} is not a number: {text!r}") from None
+def read_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """Every metric logged in <run_dir>/metrics.csv as its (step, value) pairs (rows that did not log it skipped)."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in read_metrics(run_dir):
+        for name, value in row.items():
+            if name != "step":
+                curves.setdefault(name, []).append((row["step"], value))
+    return curves
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -88,7 +73,7 @@ def plot_runs(
     if not run_dirs:
         raise ValueError("plot needs at least one run directory")
     dirs = [Path(d) for d in run_dirs]
-    runs = [read_metrics(d) for d in dirs]
+    runs = [read_curves(d) for d in dirs]
     present = present_metrics(runs, metrics or DEFAULT_METRICS)
     if not present:
         wanted = [column for column, _ in metrics or DEFAULT_METRICS]

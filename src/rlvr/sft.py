@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from rlvr.data.arithmetic import ArithmeticTask, final_answer, target_text
 from rlvr.models.tiny import build_char_tokenizer, tiny_qwen2_config
 from rlvr.rollout.hf import HFEngine
+from rlvr.tensors import masked_mean, pad_sequences
 
 ARITH_CHARS = "0123456789+=;#"
 
@@ -58,17 +59,11 @@ def train(args: argparse.Namespace) -> None:
     for step in range(args.steps):
         chunk = examples[step * args.batch_size : (step + 1) * args.batch_size]
         pairs = [encode_pair(tokenizer, e.prompt, target_text(e)) for e in chunk]
-        width = max(len(ids) for ids, _ in pairs)
-        ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
-        weights = torch.zeros((len(pairs), width))
-        attention = torch.zeros((len(pairs), width), dtype=torch.long)
-        for i, (seq, w) in enumerate(pairs):
-            ids[i, : len(seq)] = torch.tensor(seq)
-            weights[i, : len(w)] = torch.tensor(w, dtype=torch.float)
-            attention[i, : len(seq)] = 1
+        ids, attention = pad_sequences([seq for seq, _ in pairs], tokenizer.pad_token_id, side="right")
+        weights = pad_sequences([w for _, w in pairs], 0, side="right", width=ids.shape[1])[0].float()  # 1 on target tokens
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-        loss = (losses * weights[:, 1:].reshape(-1)).sum() / weights[:, 1:].sum()
+        loss = masked_mean(losses, weights[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

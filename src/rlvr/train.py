@@ -2,7 +2,7 @@
 
     python -m rlvr.train                                   # embedded default: tiny model, arithmetic, CPU
     python -m rlvr.train advantage=sgpo judge=rule guidance=adaptive
-    python -m rlvr.train -m algorithm.lr=1e-6,3e-6 seed=1,2
+    python -m rlvr.train -m optimizer.lr=1e-6,3e-6 seed=1,2
 """
 
 from __future__ import annotations
@@ -18,15 +18,30 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from rlvr.module import AlgorithmConfig, RLVRModule
+from rlvr.algorithm import AlgorithmConfig
+from rlvr.module import RLVRModule
+from rlvr.options import check
 
-RLVR_TRAINER_KEYS = ("val_every", "checkpoint_every")
 # Checkpoints hold the state after the step's update, which is what resuming needs.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
+def check_run_options(cfg: DictConfig, algorithm: AlgorithmConfig) -> None:
+    """What can be checked before any model is loaded."""
+    for key in ("max_steps", "val_every", "checkpoint_every"):
+        check(key, cfg[key], integer=True, low=1)
+        if key in cfg.trainer:
+            raise ValueError(f"trainer.{key} is not a setting: rlvr's {key} is top-level and counts training steps (write {key}=...)")
+    if str(cfg.trainer.get("precision")).startswith("16"):
+        raise ValueError("precision 16-mixed is not supported (its loss scaling would bypass gradient clipping): use bf16-mixed")
+    samples = algorithm.prompts_per_step * cfg.rollout.num_generations
+    if algorithm.mini_batches > samples:
+        raise ValueError(f"algorithm.mini_batches={algorithm.mini_batches} exceeds the {samples} samples of a roll-out batch")
+
+
 def build_module(cfg: DictConfig) -> RLVRModule:
     algorithm = AlgorithmConfig(**OmegaConf.to_container(cfg.algorithm, resolve=True))
+    check_run_options(cfg, algorithm)
     return RLVRModule(
         model=instantiate(cfg.model),
         data=instantiate(cfg.data),
@@ -34,28 +49,29 @@ def build_module(cfg: DictConfig) -> RLVRModule:
         reward=instantiate(cfg.reward),
         advantage=instantiate(cfg.advantage),
         guidance=instantiate(cfg.guidance),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
         algorithm=algorithm,
-        max_steps=cfg.trainer.max_steps,
+        max_steps=cfg.max_steps,
         seed=cfg.seed,
     )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: int) -> pl.Trainer:
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    val_every, checkpoint_every = (trainer_cfg.pop(k) for k in RLVR_TRAINER_KEYS)
     # Lightning counts optimizer steps in manual optimisation; rlvr's config counts roll-out steps.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:06d}",
         auto_insert_metric_name=False,
-        every_n_train_steps=checkpoint_every * optimizer_steps_per_rollout,
+        every_n_train_steps=cfg.checkpoint_every * optimizer_steps_per_rollout,
         save_top_k=-1,
         save_last=True,
     )
     return instantiate(
-        trainer_cfg,
-        max_steps=cfg.trainer.max_steps * optimizer_steps_per_rollout,
-        val_check_interval=val_every,
+        cfg.trainer,
+        max_steps=cfg.max_steps * optimizer_steps_per_rollout,
+        val_check_interval=cfg.val_every,
         check_val_every_n_epoch=None,
         logger=instantiate(cfg.logger, save_dir=str(run_dir)),
         callbacks=[checkpoint],
@@ -66,7 +82,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: i
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
-    trainer = build_trainer(cfg, run_dir, module.algo.optimizer_steps_per_rollout)
+    trainer = build_trainer(cfg, run_dir, module.algorithm.optimizer_steps_per_rollout)
     if cfg.ckpt_path is None:
         trainer.validate(module, verbose=False)  # the "before" point of the val/accuracy curve (greedy: no RNG drawn)
     trainer.fit(module, ckpt_path=cfg.ckpt_path)
@@ -79,7 +95,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://rlvr.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     return metrics.get("val/accuracy")  # what a Hydra sweeper optimises

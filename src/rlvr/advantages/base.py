@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from rlvr.batch import RolloutBatch
+from rlvr.options import choose
 
 
 class AdvantageEstimator(ABC):
@@ -20,13 +22,40 @@ class AdvantageEstimator(ABC):
     def __call__(self, batch: RolloutBatch) -> Tensor: ...
 
 
-SCALES = ("group", "batch", "none")
+def group_centre(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, int]:
+    """Float rewards minus their group's mean [N], and the number of groups.
+
+    A group whose rewards are all equal gets exactly 0: the float mean of equal values can miss them by an
+    ulp, and no epsilon should ever divide a non-zero by ~0.
+    """
+    rewards = rewards.float()
+    num_groups = int(group_ids.max().item()) + 1
+    counts = torch.bincount(group_ids, minlength=num_groups).float()
+    means = torch.zeros(num_groups, device=rewards.device).index_add_(0, group_ids, rewards) / counts
+    group_max = rewards.new_full((num_groups,), float("-inf")).scatter_reduce(0, group_ids, rewards, "amax")
+    group_min = rewards.new_full((num_groups,), float("inf")).scatter_reduce(0, group_ids, rewards, "amin")
+    constant = (group_max == group_min)[group_ids]
+    return torch.where(constant, torch.zeros_like(rewards), rewards - means[group_ids]), num_groups
 
 
-def check_scale(scale: str) -> str:
-    if scale not in SCALES:
-        raise ValueError(f"advantage scale must be one of {' | '.join(SCALES)}, got {scale!r}")
-    return scale
+def _group_scaled(rewards: Tensor, group_ids: Tensor, eps: float) -> Tensor:
+    centred, num_groups = group_centre(rewards, group_ids)
+    return centred / (group_std(centred, group_ids, num_groups)[group_ids] + eps)
+
+
+def _batch_scaled(rewards: Tensor, group_ids: Tensor, eps: float) -> Tensor:
+    rewards = rewards.float()
+    std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+    return group_centre(rewards, group_ids)[0] / (std + eps)
+
+
+def _unscaled(rewards: Tensor, group_ids: Tensor, eps: float) -> Tensor:
+    return group_centre(rewards, group_ids)[0]
+
+
+# advantage.scale: (rewards [N], group_ids [N], eps) -> group-relative advantages [N]; resolve it once with `choose`.
+Scale = Callable[[Tensor, Tensor, float], Tensor]
+SCALES: dict[str, Scale] = {"group": _group_scaled, "batch": _batch_scaled, "none": _unscaled}
 
 
 def group_normalize(rewards: Tensor, group_ids: Tensor, scale: str = "group", eps: float = 1e-6) -> Tensor:
@@ -34,25 +63,9 @@ def group_normalize(rewards: Tensor, group_ids: Tensor, scale: str = "group", ep
 
     scale: "group" divides by the group's std (GRPO), "batch" by the std of the whole batch,
     "none" does not divide (Dr. GRPO). A group whose rewards are all equal gets exactly 0, whatever
-    the scale (its centred rewards are exactly 0; no epsilon ever divides a non-zero by ~0).
-    Std is the unbiased sample std, as in the GRPO paper's and TRL's reference code.
+    the scale. Std is the unbiased sample std, as in the GRPO paper's and TRL's reference code.
     """
-    check_scale(scale)
-    rewards = rewards.float()
-    num_groups = int(group_ids.max().item()) + 1
-    counts = torch.bincount(group_ids, minlength=num_groups).float()
-    means = torch.zeros(num_groups, device=rewards.device).index_add_(0, group_ids, rewards) / counts
-    # Exact zero for constant groups: float mean of equal values can miss them by an ulp.
-    group_max = rewards.new_full((num_groups,), float("-inf")).scatter_reduce(0, group_ids, rewards, "amax")
-    group_min = rewards.new_full((num_groups,), float("inf")).scatter_reduce(0, group_ids, rewards, "amin")
-    constant = (group_max == group_min)[group_ids]
-    centred = torch.where(constant, torch.zeros_like(rewards), rewards - means[group_ids])
-    if scale == "none":
-        return centred
-    if scale == "batch":
-        std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
-        return centred / (std + eps)
-    return centred / (group_std(centred, group_ids, num_groups)[group_ids] + eps)
+    return choose("advantage.scale", scale, SCALES)(rewards, group_ids, eps)
 
 
 def group_std(centred: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:

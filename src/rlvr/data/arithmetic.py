@@ -11,6 +11,7 @@ import random
 import re
 
 from rlvr.batch import Example
+from rlvr.options import check
 
 STEP_SEPARATOR = ";"
 ANSWER_MARK = "#"
@@ -66,11 +67,17 @@ class ArithmeticTask:
     prompt_template = "{prompt}"
     use_chat_template = False
 
-    def __init__(self, min_terms: int = 2, max_terms: int = 5, max_value: int = 999, train_size: int = 20000, val_size: int = 200, seed: int = 0):
-        if not 2 <= min_terms <= max_terms:
-            raise ValueError(f"need 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
+    def __init__(self, min_terms: int = 2, max_terms: int = 5, max_value: int = 999, train_size: int = 20000, val_size: int = 200, seed: int = 0,
+                 max_new_tokens: int = 96):
+        check("data.min_terms", min_terms, integer=True, low=2)
+        if check("data.max_terms", max_terms, integer=True) < min_terms:
+            raise ValueError(f"data.max_terms ({max_terms}) is below data.min_terms ({min_terms})")
+        check("data.max_value", max_value, integer=True, low=1)
+        check("data.train_size", train_size, integer=True, low=0)
+        check("data.val_size", val_size, integer=True, low=0)
         self.min_terms, self.max_terms, self.max_value = min_terms, max_terms, max_value
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
+        self.max_new_tokens = check("data.max_new_tokens", max_new_tokens, integer=True, low=1)  # fits a 5-term answer
 
     def _draw(self, count: int, seed: int, split: str) -> list[Example]:
         rng = random.Random(seed)

@@ -13,14 +13,10 @@ from typing import Any
 
 from rlvr.batch import Example
 from rlvr.data.steps import step_texts
+from rlvr.options import check
 
 BOXED_PROMPT = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 _CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<16-3-4=9>>
-
-
-def _check_size(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or value < 0):
-        raise ValueError(f"{name} must be a non-negative integer or null, got {value!r}")
 
 
 class HubTask:
@@ -28,7 +24,8 @@ class HubTask:
 
     name = "hub"
 
-    def __init__(self, path: str | None, hub_name: str, hub_config: str | None, prompt_template: str, use_chat_template: bool):
+    def __init__(self, path: str | None, hub_name: str, hub_config: str | None, prompt_template: str, use_chat_template: bool,
+                 max_new_tokens: int):
         try:
             prompt_template.format(prompt="")
         except (KeyError, IndexError, ValueError) as exc:
@@ -41,6 +38,7 @@ class HubTask:
         self.path = Path(path) if path is not None else None
         self.hub_name, self.hub_config = hub_name, hub_config
         self.prompt_template, self.use_chat_template = prompt_template, use_chat_template
+        self.max_new_tokens = check("data.max_new_tokens", max_new_tokens, integer=True, low=1)  # a budget that fits its solutions
         self._splits: dict[str, list[dict[str, Any]]] = {}
 
     def source(self, split: str) -> str:
@@ -110,10 +108,11 @@ class GSM8K(HubTask):
         val_size: int | None = 200,
         prompt_template: str = BOXED_PROMPT,
         use_chat_template: bool = True,
+        max_new_tokens: int = 512,
     ):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template)
-        _check_size("train_size", train_size)
-        _check_size("val_size", val_size)
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens)
+        check("data.train_size", train_size, integer=True, low=0, optional=True)
+        check("data.val_size", val_size, integer=True, low=0, optional=True)
         self.train_split, self.val_split = train_split, val_split
         self.train_size, self.val_size = train_size, val_size
 
@@ -164,11 +163,11 @@ class MATH500(HubTask):
         val_size: int = 100,
         prompt_template: str = BOXED_PROMPT,
         use_chat_template: bool = True,
+        max_new_tokens: int = 1024,
     ):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template)
-        _check_size("train_size", train_size)
-        if not isinstance(val_size, int) or val_size < 0:
-            raise ValueError(f"val_size must be a non-negative integer, got {val_size!r}")
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens)
+        check("data.train_size", train_size, integer=True, low=0, optional=True)
+        check("data.val_size", val_size, integer=True, low=0)
         self.split, self.train_size, self.val_size = split, train_size, val_size
 
     def _cut(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlvr.batch import Example
+from rlvr.options import check
 
 
 class PromptStream:
@@ -17,8 +18,7 @@ class PromptStream:
     def __init__(self, examples: list[Example], prompts_per_step: int, seed: int = 0):
         if not examples:
             raise ValueError("the training split has no examples")
-        if prompts_per_step < 1:
-            raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
+        check("algorithm.prompts_per_step", prompts_per_step, integer=True, low=1)
         self.examples, self.prompts_per_step, self.seed = examples, prompts_per_step, seed
         self.position = 0  # prompts consumed by all ranks together
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)

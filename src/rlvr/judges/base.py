@@ -8,6 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from rlvr.batch import Example
+from rlvr.options import check
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Judge(ABC):
     """Batched, cached by (prompt, response) hash. Subclasses implement `_judge` on cache misses."""
 
     def __init__(self, cache_size: int = 100_000):
-        self.cache_size = cache_size
+        self.cache_size = check("judge.cache_size", cache_size, integer=True, low=0)
         self._cache: OrderedDict[str, Verdict] = OrderedDict()
 
     @abstractmethod

@@ -9,14 +9,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlvr.batch import Example
+from rlvr.data.prompts import encode_chat
 from rlvr.judges.base import Judge, Verdict
 from rlvr.judges.loading import LazyModel
+from rlvr.options import check, choose
 from rlvr.rollout.hf import HFEngine
 
 DEFAULT_TEMPLATE = Path(__file__).parent / "prompts" / "first_error.txt"
 PLACEHOLDERS = ("problem", "reference", "steps", "num_steps")
 REQUIRED_PLACEHOLDERS = ("problem", "steps")
-ON_MALFORMED = ("last_step", "none")
+# judge.on_malformed: num_steps -> the first error an unreadable reply is taken to name.
+ON_MALFORMED = {"last_step": lambda num_steps: num_steps - 1, "none": lambda num_steps: None}
 
 # The last "FIRST_ERROR: <value>" in the reply: models sometimes restate the format before answering.
 _MARKER = re.compile(r"first[_ ]error\s*:[ \t]*([^\n]*)", re.IGNORECASE)
@@ -78,10 +81,9 @@ class LLMJudge(Judge):
         cache_size: int = 100_000,
     ):
         super().__init__(cache_size=cache_size)
-        if on_malformed not in ON_MALFORMED:
-            raise ValueError(f"judge.on_malformed must be one of {' | '.join(ON_MALFORMED)}, got {on_malformed!r}")
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError(f"judge.max_new_tokens and judge.batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
+        self._malformed_error = choose("judge.on_malformed", on_malformed, ON_MALFORMED)
+        check("judge.max_new_tokens", max_new_tokens, integer=True, low=1)
+        check("judge.batch_size", batch_size, integer=True, low=1)
         path = Path(prompt_template) if prompt_template else DEFAULT_TEMPLATE
         if not path.is_file():
             raise FileNotFoundError(f"judge.prompt_template {str(path)!r} is not a file")
@@ -100,14 +102,10 @@ class LLMJudge(Judge):
     def prompt_ids(self, example: Example, steps: list[str]) -> list[int]:
         """Token ids sent to the judge: the request as a user turn when the tokenizer has a chat template."""
         _, tokenizer = self.loader.get()
-        text = self.prompt_text(example, steps)
-        if getattr(tokenizer, "chat_template", None):
-            chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-            return tokenizer.encode(chat, add_special_tokens=False)  # the template already holds the special tokens
-        return tokenizer.encode(text)
+        return encode_chat(tokenizer, self.prompt_text(example, steps))
 
     def fallback(self, num_steps: int) -> Verdict:
-        return Verdict(num_steps - 1 if self.on_malformed == "last_step" else None, parsed=False)
+        return Verdict(self._malformed_error(num_steps), parsed=False)
 
     def _judge(self, examples: list[Example], responses: list[list[str]]) -> list[Verdict]:
         verdicts: list[Verdict | None] = [Verdict(None) if not steps else None for steps in responses]

@@ -5,32 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-import transformers
-from packaging.version import Version
-from rlvr.models.hf import DTYPES, check_device, load_tokenizer, resolve_device
-
-# transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56; the project allows older releases.
-_DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+from rlvr.models.hf import check_device, check_dtype, load_tokenizer, resolve_device, resolve_dtype
 
 # (model name, device, dtype, extra from_pretrained kwargs) -> model
 ModelBuilder = Callable[..., Any]
-
-
-def check_dtype(dtype: str) -> str:
-    if dtype != "auto" and dtype not in DTYPES:
-        raise ValueError(f"judge dtype must be auto | {' | '.join(DTYPES)}, got {dtype!r}")
-    return dtype
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 on a GPU that has it (float16 on older ones), float32 on CPU where half precision is slow."""
-    check_dtype(dtype)
-    if dtype != "auto":
-        return DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 class LazyModel:
@@ -47,7 +25,7 @@ class LazyModel:
         self.name = name
         self.builder = builder
         self.device = check_device(device)
-        self.dtype = check_dtype(dtype)
+        self.dtype = check_dtype(dtype, "judge.dtype")  # resolved against the device at load time (rlvr.models.hf.resolve_dtype)
         self._loaded: tuple[Any, Any] | None = None
 
     @property
@@ -61,7 +39,7 @@ class LazyModel:
             dtype = resolve_dtype(self.dtype, device)
             tokenizer = load_tokenizer(self.name)
             # device_map puts the weights straight on the device: a 7B judge never passes through CPU memory whole.
-            model = self.builder(self.name, device_map=str(device), **{_DTYPE_KWARG: dtype})
+            model = self.builder(self.name, device_map=str(device), dtype=dtype)
             model.eval()
             model.requires_grad_(False)  # a judge is never trained; no optimizer or DDP should see it
             self._loaded = (model, tokenizer)

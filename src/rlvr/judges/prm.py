@@ -25,6 +25,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification
 from rlvr.batch import Example
 from rlvr.judges.base import Judge, Verdict
 from rlvr.judges.loading import LazyModel
+from rlvr.models.hf import pad_token_id
+from rlvr.options import check
+from rlvr.tensors import pad_sequences
 
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -61,10 +64,8 @@ class PRMJudge(Judge):
         cache_size: int = 100_000,
     ):
         super().__init__(cache_size=cache_size)
-        if not 0 < threshold < 1:
-            raise ValueError(f"judge.threshold is a probability cut and must be in (0, 1), got {threshold}")
-        if batch_size < 1:
-            raise ValueError(f"judge.batch_size must be >= 1, got {batch_size}")
+        check("judge.threshold", threshold, low=0, high=1, low_open=True, high_open=True)  # a cut on P(step is correct)
+        check("judge.batch_size", batch_size, integer=True, low=1)
         if not step_token:
             raise ValueError("judge.step_token must be a non-empty token string, e.g. <extra_0>")
         self.threshold = threshold
@@ -108,19 +109,14 @@ class PRMJudge(Judge):
         model, tokenizer = self.loader.get()
         sep = self.step_token_id()
         device = next(model.parameters()).device
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad_id = pad_token_id(tokenizer)
         out: list[list[float]] = [[] for _ in responses]
         todo = [i for i, steps in enumerate(responses) if steps]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             rows = [self.input_ids(examples[i], responses[i]) for i in chunk]
             # Right padding: with causal attention the real tokens never see it, and positions stay 0..len-1.
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, row in enumerate(rows):
-                ids[j, : len(row)] = torch.tensor(row)
-                mask[j, : len(row)] = 1
+            ids, mask = pad_sequences(rows, pad_id, side="right")
             with torch.inference_mode():
                 output = model(input_ids=ids.to(device), attention_mask=mask.to(device))
             logits = output.logits if hasattr(output, "logits") else output[0]

@@ -32,13 +32,35 @@ def resolve_path(name_or_path: str) -> str:
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def resolve_dtype(dtype: str) -> torch.dtype | str:
-    if dtype == "auto":
-        return "auto"
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"model.dtype must be auto | float32 | bfloat16 | float16, got {dtype!r}") from None
+def check_dtype(name: str, option: str = "dtype") -> str:
+    """`name` if it is "auto" or a DTYPES key, else a ValueError naming the allowed values (and the `option`)."""
+    if name != "auto" and name not in DTYPES:
+        raise ValueError(f"{option} must be auto | {' | '.join(DTYPES)}, got {name!r}")
+    return name
+
+
+def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """A dtype name as a torch dtype. "auto" goes by the device: bfloat16 on a GPU that has it (compute
+    capability 8+, or ROCm), float16 on an older GPU, float32 on CPU where half precision is slow.
+    `device` None: the device a run would pick, resolve_device("auto")."""
+    check_dtype(name)
+    if name != "auto":
+        return DTYPES[name]
+    if device is None:
+        device = resolve_device("auto")
+    if device.type == "cuda":
+        bf16 = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if bf16 else torch.float16
+    return torch.float32
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS token (what HFModel.load_tokenizer sets)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r} has neither a pad nor an EOS token to pad with")
 
 
 def load_tokenizer(source: str, **kwargs: Any):
@@ -92,8 +114,9 @@ class HFModel:
         self.name_or_path = name_or_path
         self.gguf_file = gguf_file
         self.tokenizer_name = tokenizer
-        self.dtype = resolve_dtype(dtype)  # the trained weights: keep float32 (bf16 weights swallow small Adam steps)
-        self.reference_dtype = resolve_dtype(reference_dtype) if reference_dtype else self.dtype  # frozen copy
+        # Names, checked now and resolved at load time ("auto" goes by the device the run uses, as for judges).
+        self.dtype = check_dtype(dtype, "model.dtype")  # the trained weights: keep float32 (bf16 weights swallow small Adam steps)
+        self.reference_dtype = check_dtype(reference_dtype, "model.reference_dtype") if reference_dtype else self.dtype  # frozen copy
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = dict(lora) if lora else None
         self.trust_remote_code = trust_remote_code
@@ -114,10 +137,10 @@ class HFModel:
         tokenizer.padding_side = "left"
         return tokenizer
 
-    def _load(self, dtype: torch.dtype | str):
+    def _load(self, dtype: str):
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": self.trust_remote_code, **self._gguf()}
+        kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": self.trust_remote_code, **self._gguf()}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
         return AutoModelForCausalLM.from_pretrained(self.path, **kwargs)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from rlvr.batch import Example
+from rlvr.options import choose
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,8 @@ class Reward(ABC):
     """
 
     def __init__(self, on_error: str = "raise"):
-        if on_error not in ("raise", "zero"):
-            raise ValueError(f"reward.on_error must be 'raise' or 'zero', got {on_error!r}")
         self.on_error = on_error
+        self._raise_errors = choose("reward.on_error", on_error, {"raise": True, "zero": False})
 
     @abstractmethod
     def score(self, completion: str, example: Example) -> Score: ...
@@ -42,7 +42,7 @@ class Reward(ABC):
             try:
                 result = self.score(completion, example)
             except Exception as exc:
-                if self.on_error == "raise":
+                if self._raise_errors:
                     raise RewardError(
                         f"{type(self).__name__} failed on sample {i} (example {example.id!r}, "
                         f"completion {completion[:200]!r}): {exc!r}. Set reward.on_error=zero to score such samples 0."

@@ -12,6 +12,7 @@ import threading
 from math_verify import parse, verify
 
 from rlvr.batch import Example
+from rlvr.options import check
 from rlvr.rewards.base import Reward, Score
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,7 @@ class MathVerifyReward(Reward):
 
     def __init__(self, on_error: str = "raise", timeout_seconds: int | None = 5):
         super().__init__(on_error)
-        if timeout_seconds is not None and (not isinstance(timeout_seconds, int) or timeout_seconds <= 0):
-            raise ValueError(f"reward.timeout_seconds must be a positive integer or null, got {timeout_seconds!r}")
-        self.timeout_seconds = timeout_seconds
+        self.timeout_seconds = check("reward.timeout_seconds", timeout_seconds, integer=True, low=1, optional=True)
         self._gold: dict[str, list] = {}  # reference answer -> parsed; each group repeats its example
         self._warned_thread = False
 

@@ -1,6 +1,6 @@
-"""Roll-out engine interface: prompt token ids in, sampled completion token ids (and log-probs, if cheap) out.
+"""Roll-out engine interface: prompt token ids in, sampled completion token ids out.
 
-The trainer recomputes log-probs with the policy itself, so an engine's own are informational only.
+The trainer computes log-probs with the policy itself, so engines return none.
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from rlvr.options import check
+
 
 @dataclass
 class Generation:
     token_ids: list[int]  # sampled tokens, EOS included when the model stopped by itself
-    logprobs: list[float] | None  # the engine's log-prob of each sampled token, if it reports them cheaply
     finished: bool  # True: ended with EOS; False: cut at max_new_tokens
 
 
@@ -25,10 +26,10 @@ class RolloutEngine(ABC):
     """
 
     def __init__(self, num_generations: int = 8, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256):
-        if num_generations < 1 or max_new_tokens < 1:
-            raise ValueError("rollout.num_generations and rollout.max_new_tokens must be >= 1")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        check("rollout.num_generations", num_generations, integer=True, low=1)
+        check("rollout.max_new_tokens", max_new_tokens, integer=True, low=1)
+        check("rollout.temperature", temperature, low=0)
+        check("rollout.top_p", top_p, low=0, high=1, low_open=True)
         self.num_generations = num_generations
         self.temperature = temperature
         self.top_p = top_p

@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from rlvr.models.hf import pad_token_id
 from rlvr.rollout.base import Generation, RolloutEngine
+from rlvr.tensors import pad_sequences
 
 
 class HFEngine(RolloutEngine):
@@ -35,13 +37,9 @@ class HFEngine(RolloutEngine):
     def _generate_chunk(self, prompts: list[list[int]], max_new_tokens: int, greedy: bool) -> list[Generation]:
         model, tok = self.model, self.tokenizer
         device = next(model.parameters()).device
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention[i, width - len(p) :] = 1
+        pad_id = pad_token_id(tok)
+        input_ids, attention = pad_sequences(prompts, pad_id, side="left")
+        width = input_ids.shape[1]
         eos_ids = _eos_ids(tok, model)
         greedy = greedy or self.temperature == 0
         was_training = model.training
@@ -69,7 +67,7 @@ class HFEngine(RolloutEngine):
             end = next((j + 1 for j, t in enumerate(ids) if t in eos_ids), None)
             # No engine log-probs: keeping every step's full-vocabulary scores costs GBs on real models, and
             # the trainer recomputes log-probs with the policy anyway (engine and trainer may differ).
-            generations.append(Generation(ids[:end] if end is not None else ids, None, finished=end is not None))
+            generations.append(Generation(ids[:end] if end is not None else ids, finished=end is not None))
         return generations
 
 

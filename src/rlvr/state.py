@@ -1,0 +1,39 @@
+"""Everything a resumed run needs beyond the weights and optimizer: random generators and plugin states."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def capture_rng() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state() -> tuple:
+    # Plain Python types: Lightning loads checkpoints with weights_only=True, which refuses numpy arrays.
+    name, keys, *rest = np.random.get_state()
+    return (name, keys.tolist(), *(r.item() if isinstance(r, np.generic) else r for r in rest))
+
+
+def plugin_states(plugins: dict[str, Any]) -> dict[str, Any]:
+    return {name: p.state_dict() for name, p in plugins.items() if hasattr(p, "state_dict")}
+
+
+def load_plugin_states(plugins: dict[str, Any], states: dict[str, Any]) -> None:
+    for name, plugin in plugins.items():
+        if name in states and hasattr(plugin, "load_state_dict"):
+            plugin.load_state_dict(states[name])

@@ -1,0 +1,94 @@
+"""The module's update, in process, on a hand-built roll-out batch: it equals a plain PyTorch PPO step,
+micro-batching changes memory and not the result, and mini-batches take that many optimizer steps."""
+
+import copy
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from rlvr.batch import build_rollout_batch
+from rlvr.data.arithmetic import make_example
+from rlvr.guidance.base import GuidancePlan
+from rlvr.logprobs import completion_logits, token_logprobs
+from rlvr.rollout.base import Generation
+from rlvr.train import build_module, build_trainer
+
+COMPLETIONS = [  # 2 prompts x 4 roll-outs: mixed groups, so GRPO's advantages are not all zero
+    ["12+34=46;46+5=51#51", "12+34=46;46+5=50#50", "12+34=47;47+5=52#52", "12+34=46;46+5=51#51"],
+    ["7+8=15;15+9=24#24", "7+8=15;15+9=23#23", "7+8=16#16", "7+8=15;15+9=25#25"],
+]
+TERMS = [[12, 34, 5], [7, 8, 9]]
+
+
+def compose_run(*overrides):
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        return compose("train", overrides=[
+            "algorithm.prompts_per_step=2", "rollout.num_generations=4", "data.train_size=50", "data.val_size=4",
+            "max_steps=1", "val_every=100", "export_policy=false", *overrides,
+        ])
+
+
+def hand_built_batch(tokenizer):
+    examples = [make_example(t, f"ex{g}") for g, t in enumerate(TERMS)]
+    prompt_ids = [tokenizer(examples[g].prompt, add_special_tokens=False)["input_ids"] for g in range(2) for _ in range(4)]
+    generations = [Generation(tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], True)
+                   for group in COMPLETIONS for c in group]
+    plan = GuidancePlan(prefix_ids=[[] for _ in range(8)], guided=[False] * 8, length=0.0)
+    return build_rollout_batch(examples, 4, prompt_ids, plan, generations, tokenizer, 64, loss_on_guidance=True, mask_truncated=False)
+
+
+def fit_on_hand_batch(tmp_path, *overrides):
+    """(weights before, weights after, module, the config) for one training step on the hand-built batch."""
+    cfg = compose_run(*overrides)
+    module = build_module(cfg)
+    before = copy.deepcopy(module.policy)
+    module.roll_out = lambda examples: hand_built_batch(module.tokenizer)
+    trainer = build_trainer(cfg, tmp_path, module.algorithm.optimizer_steps_per_rollout)
+    trainer.fit(module)
+    return before, module.policy, module, cfg, trainer
+
+
+def plain_ppo_step(policy, cfg, tokenizer):
+    """One exactly on-policy PPO-clip step written out by hand: ratio 1, GRPO advantages, token mean."""
+    batch = hand_built_batch(tokenizer)
+    correct = torch.tensor([c.endswith(f"#{sum(TERMS[g])}") for g, group in enumerate(COMPLETIONS) for c in group]).float()
+    groups = correct.view(2, 4)
+    advantages = ((groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + 1e-6)).view(-1)
+    logprobs = token_logprobs(completion_logits(policy, batch), batch.completion_ids)
+    mask = batch.loss_mask.float()
+    ratio = torch.exp(logprobs - logprobs.detach())
+    loss = (-advantages[:, None] * ratio * mask).sum() / mask.sum()
+    optimizer = instantiate(cfg.optimizer)(list(policy.parameters()))
+    instantiate(cfg.scheduler)(optimizer, total_steps=cfg.max_steps)  # sets the warm-up's first lr
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.algorithm.max_grad_norm)
+    optimizer.step()
+    return policy
+
+
+def assert_same_weights(a, b, atol):
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(x, y, atol=atol, rtol=0), name
+
+
+def test_update_equals_a_plain_pytorch_ppo_step(tmp_path):
+    before, after, module, cfg, _ = fit_on_hand_batch(tmp_path)
+    moved = max((x - y).abs().max().item() for x, y in zip(before.parameters(), after.parameters()))
+    assert moved > 5e-6  # Adam's first step moves weights by ~lr (1e-5 in warm-up): far above the tolerance
+    expected = plain_ppo_step(before, cfg, module.tokenizer)
+    assert_same_weights(after, expected, atol=1e-6)  # Adam magnifies float noise in near-zero gradients
+
+
+def test_micro_batches_give_the_same_step(tmp_path):
+    _, whole, *_ = fit_on_hand_batch(tmp_path / "whole")
+    _, split, *_ = fit_on_hand_batch(tmp_path / "split", "algorithm.micro_batch_size=3")
+    assert_same_weights(whole, split, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", ["ppo_clip", "gspo"])
+def test_mini_batches_take_that_many_optimizer_steps(tmp_path, loss):
+    _, _, module, _, trainer = fit_on_hand_batch(tmp_path, "algorithm.mini_batches=2", "algorithm.ppo_epochs=2", f"loss={loss}")
+    assert trainer.global_step == 4  # Lightning counts optimizer steps
+    assert module.lr_schedulers().last_epoch == 4
