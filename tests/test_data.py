@@ -197,3 +197,25 @@ def test_data_yaml_lists_every_option_with_its_default(name, cls):
     assert config.path is None and config.prompt_template == BOXED_PROMPT
     task = instantiate(config, path=str(local(name)))
     assert type(task) is cls and task.use_chat_template is True
+
+
+@pytest.mark.parametrize("completion, checkable", [
+    ("12+34=46;46+5=51#51", True),
+    (" 12 + 34 = 46 ;\n46+5=51 # 51.", True),  # whitespace and a full stop
+    ("12+34=46;#46", True),  # the answer alone after the last step
+    ("12+34=46", False),  # no answer
+    ("12+34=46#", False),
+    ("Sure! 12+34=46#46", False),  # text before the steps: checkable by the judge, but not the format
+    ("#51", False),  # no step
+])
+def test_in_format(completion, checkable):
+    from rlvr.data.arithmetic import in_format
+
+    assert in_format(completion) is checkable
+
+
+def test_worked_examples_are_right_and_in_format():
+    from rlvr.data.arithmetic import ArithmeticTask, final_answer, in_format, parse_terms
+
+    for problem, solution in ArithmeticTask.worked_examples:
+        assert in_format(solution) and final_answer(solution) == str(sum(parse_terms(problem)))

@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM
 
 from rlvr.data.arithmetic import ArithmeticTask, make_example
+from rlvr.data.prompts import PromptEncoder
 from rlvr.evaluate import evaluate, load_checkpoint_weights, pass_at_k, score_problems, summarise
 from rlvr.models.hf import HFModel
 from rlvr.models.tiny import build_char_tokenizer, tiny_qwen2_config
@@ -97,7 +98,7 @@ def test_score_problems_counts_correct_samples_and_greedy():
         sampled={"12+34=": ["12+34=46#46", "#45", "#46"], "1+2+3=": ["#5", "#7", "no answer"]},
         greedy={"12+34=": "#46", "1+2+3=": "#60"},
     )
-    problems = score_problems(examples, ArithmeticTask(), tok, engine, ExactAnswerReward(), n=3, chunk=1)
+    problems = score_problems(examples, PromptEncoder(ArithmeticTask(), tok, bare=True), tok, engine, ExactAnswerReward(), n=3, chunk=1)
     assert problems == [
         {"id": "a", "correct": 2, "greedy_correct": True},
         {"id": "b", "correct": 0, "greedy_correct": False},

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError
 from transformers import Qwen2ForCausalLM, Qwen2ForTokenClassification
 
 from rlvr.advantages.sgpo import SGPOAdvantage
@@ -359,9 +359,11 @@ def test_judge_configs(llm_path):
         assert prm.threshold == 0.5 and prm.step_token == "<extra_0>" and prm.system_prompt == QWEN_PRM_SYSTEM
         assert not prm.loader.loaded  # nothing fetched until the first judged batch
 
-        with pytest.raises(MissingMandatoryValue):
+        with pytest.raises(InterpolationResolutionError):  # model=policy reads the policy's config: none composed here
             instantiate(compose(overrides=["+judge=llm"]).judge)
-        llm = instantiate(compose(overrides=["+judge=llm", f"judge.model={llm_path}"]).judge)
+        with pytest.raises(Exception, match="judge.policy"):  # hydra wraps the ValueError
+            instantiate(compose(overrides=["+judge=llm", "judge.policy=null"]).judge)
+        llm = instantiate(compose(overrides=["+judge=llm", f"judge.model={llm_path}", "judge.policy=null"]).judge)
         assert isinstance(llm, LLMJudge) and llm.on_malformed == "last_step" and llm.engine.max_new_tokens == 16
 
 

@@ -86,3 +86,15 @@ def test_pad_token_id_falls_back_to_eos_then_errors():
     assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=0)) == 0
     with pytest.raises(ValueError, match="neither a pad nor an EOS token"):
         pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))
+
+
+def test_a_model_the_hub_cannot_give_names_the_option_and_the_local_fix(tmp_path):
+    from rlvr.models.hf import from_hub
+
+    def offline(source, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    with pytest.raises(OSError, match=r"judge.model='org/judge' is not a local folder .* judge.model=/path/to/DIR"):
+        from_hub(offline, "org/judge", "judge.model")
+    with pytest.raises(OSError, match="connect"):  # a local folder's own error is not reworded
+        from_hub(offline, str(tmp_path), "model.name_or_path")

@@ -43,6 +43,11 @@ def first_rows(relative: str, count: int) -> list[dict]:
         ("#50 then #51", True),  # the last mark counts
         ("#51 then #50", False),
         ("#", False),
+        ("12+34=46;46+5=51\n#51.\nDone!", True),  # text around the checkable answer is ignored
+        ("Adding up: the answer is 51.", True),  # no '#': "the answer is" counts
+        ("The answer is 50, not 51", False),  # the number right after it, not any number later
+        ("#5 1", False),  # digits split by a space are not the answer
+        ("#abc 51", False),  # after the mark there must be a number
     ],
 )
 def test_exact_answer(completion, expected):

@@ -38,6 +38,11 @@ def first_error(response: str, example: Example = EXAMPLE) -> int | None:
         ("#51", 0),  # no steps at all
         ("12+34=46#46;46+5=51#51", 0),  # an answer mark inside a non-final step makes it wrong
         ("", 0),  # empty response
+        # What a pretrained model writes around the checkable part:
+        ("Sure! 12+34=46;\n46+5=51\n#51.", None),  # a preamble, newlines, a full stop after the answer
+        ("12+34=46;46+5=51. The answer is 51.", None),  # "the answer is" instead of '#'
+        ("12+34=46;46+5=51. The answer is 50.", 1),
+        ("12+34=46;then I add five", 1),  # a step with no equation is wrong where it stands
     ],
 )
 def test_first_error(response, expected):

@@ -95,3 +95,13 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert last(rows, "train/prompts_consumed") == 3 * 2 * 2  # steps x ranks x prompts per rank
     assert 0.0 <= last(rows, "val/accuracy") <= 1.0
     assert (run_dir / "policy" / "model.safetensors").exists()
+
+
+def test_headline_command_offline_fails_only_on_the_download_naming_the_model_and_the_fix(tmp_path):
+    """`python -m rlvr.train advantage=sgpo guidance=adaptive model=qwen1.5b`, as written, without the hub."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "rlvr.train", "advantage=sgpo", "guidance=adaptive", "model=qwen1.5b", f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "model.name_or_path='Qwen/Qwen2.5-1.5B' is not a local folder" in result.stderr
+    assert "model.name_or_path=/path/to/DIR" in result.stderr

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlvr.batch import Example
-from rlvr.data.prompts import encode_prompt
+from rlvr.data.prompts import PromptEncoder
 from rlvr.models.hf import resolve_device
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,13 @@ def load_checkpoint_weights(policy: torch.nn.Module, path: str | Path) -> None:
 
 
 def score_problems(
-    examples: list[Example], data: Any, tokenizer: Any, engine: Any, reward: Any, n: int, chunk: int
+    examples: list[Example], encode: PromptEncoder, tokenizer: Any, engine: Any, reward: Any, n: int, chunk: int
 ) -> list[dict[str, Any]]:
     """Per problem: how many of n samples are correct, and whether the greedy completion is."""
     results = []
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
-        prompts = [encode_prompt(e, data.prompt_template, data.use_chat_template, tokenizer) for e in part]
+        prompts = encode.batch(part)
         sampled = engine.generate([p for p in prompts for _ in range(n)])
         greedy = engine.generate(prompts, greedy=True)
         _, sampled_correct, _ = reward(_decode(tokenizer, sampled), [e for e in part for _ in range(n)])
@@ -123,12 +123,12 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"eval.limit must be a positive integer or null, got {limit!r}")
     torch.manual_seed(cfg.seed)
 
-    spec = instantiate(cfg.model)
+    model = instantiate(cfg.model)
     data = instantiate(cfg.data)
     reward = instantiate(cfg.reward)
     engine = instantiate(cfg.rollout, temperature=cfg.eval.temperature)
-    tokenizer = spec.load_tokenizer()
-    policy = spec.load_policy()
+    tokenizer = model.load_tokenizer()
+    policy = model.load_policy()
     if cfg.ckpt is not None:
         load_checkpoint_weights(policy, cfg.ckpt)
     policy.to(resolve_device(cfg.device)).eval()
@@ -138,11 +138,11 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if not examples:
         raise ValueError(f"data {data.name!r}: val() returned no problems")
     chunk = max(1, engine.batch_size // n)  # about one generate batch of samples per step
-    problems = score_problems(examples, data, tokenizer, engine, reward, n, chunk)
+    problems = score_problems(examples, PromptEncoder(data, tokenizer, model.bare_prompts), tokenizer, engine, reward, n, chunk)
     results = {data.name: summarise(problems, n, k)}
 
     report = {
-        "model": spec.name_or_path,
+        "model": model.name_or_path,
         "ckpt": None if cfg.ckpt is None else str(cfg.ckpt),
         "temperature": cfg.eval.temperature,
         "max_new_tokens": engine.max_new_tokens,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from rlvr.advantages.base import AdvantageEstimator
 from rlvr.algorithm import AlgorithmConfig
 from rlvr.batch import Example, RolloutBatch, build_rollout_batch
-from rlvr.data.prompts import encode_prompt
+from rlvr.data.prompts import PromptEncoder
 from rlvr.data.stream import PromptStream
 from rlvr.guidance.base import Guidance
 from rlvr.logprobs import batch_logprobs, completion_logits, entropy_from_logits, token_logprobs
@@ -40,6 +40,7 @@ class RLVRModule(pl.LightningModule):
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         self.max_steps, self.seed, self.val_batch_size = max_steps, seed, val_batch_size
         self.tokenizer = model.load_tokenizer()
+        self.encode_prompts = PromptEncoder(data, self.tokenizer, bare=model.bare_prompts).batch
         self.policy = model.load_policy()
         # In a list, so the frozen copy is neither saved in checkpoints nor seen by the optimizer.
         self._reference = [model.load_reference()] if loss.needs_reference else []
@@ -71,7 +72,7 @@ class RLVRModule(pl.LightningModule):
     def roll_out(self, examples: list[Example]) -> RolloutBatch:
         group = self.rollout_engine.num_generations
         plan = self.guidance.plan(examples, group, self.tokenizer)
-        prompt_ids = [encode_prompt(e, self.data.prompt_template, self.data.use_chat_template, self.tokenizer) for e in examples]
+        prompt_ids = self.encode_prompts(examples)
         per_sample = [prompt_ids[i // group] for i in range(len(examples) * group)]
         generations = self.rollout_engine.generate([p + plan.prefix_ids[i] for i, p in enumerate(per_sample)])
         return build_rollout_batch(
@@ -126,8 +127,7 @@ class RLVRModule(pl.LightningModule):
 
     # ---- validation: greedy pass@1 on the held-out split ---------------------------------------
     def validation_step(self, examples: list[Example], _index: int) -> None:
-        prompt_ids = [encode_prompt(e, self.data.prompt_template, self.data.use_chat_template, self.tokenizer) for e in examples]
-        generations = self.rollout_engine.generate(prompt_ids, greedy=True)
+        generations = self.rollout_engine.generate(self.encode_prompts(examples), greedy=True)
         texts = self.tokenizer.batch_decode([g.token_ids for g in generations], skip_special_tokens=True)
         _, correct, _ = self.reward(texts, examples)
         self.val_accuracy.update(correct.float().to(self.device))

@@ -16,6 +16,10 @@ from rlvr.options import check
 STEP_SEPARATOR = ";"
 ANSWER_MARK = "#"
 _PROMPT = re.compile(r"^\d+(\+\d+)+=$")
+_LEADING_NUMBER = re.compile(r"\s*(-?\d[\d,]*)")
+_STEP = r"\s*\d+\s*\+\s*\d+\s*=\s*\d+\s*"
+_FORMAT = re.compile(rf"(?:{_STEP};)*{_STEP};?\s*#\s*\d+\s*\.?\s*")
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*(-?\d[\d,]*)", re.IGNORECASE)
 
 
 def make_example(terms: list[int], example_id: str) -> Example:
@@ -46,10 +50,19 @@ def target_text(example: Example) -> str:
 
 
 def final_answer(completion: str) -> str | None:
-    """The text after the last answer mark, or None when the response never gave one."""
-    if ANSWER_MARK not in completion:
-        return None
-    return completion.rsplit(ANSWER_MARK, 1)[1].strip()
+    """The number right after the last '#' (spaces, thousands commas and any text after it ignored); without
+    a '#', the number after the last "answer is". None when the response gives neither."""
+    if ANSWER_MARK in completion:
+        found = _LEADING_NUMBER.match(completion.rsplit(ANSWER_MARK, 1)[1])
+    else:
+        found = ([None] + list(_ANSWER_IS.finditer(completion)))[-1]
+    return found[1].replace(",", "") if found else None
+
+
+def in_format(completion: str) -> bool:
+    """Whether a completion is in the checkable format: `a+b=c` steps separated by ';', then '#' and a number
+    (whitespace anywhere, a full stop after the answer). Right or wrong, the rule judge can check every step."""
+    return _FORMAT.fullmatch(completion) is not None
 
 
 def sample_terms(rng: random.Random, num_terms: int, max_value: int) -> list[int]:
@@ -65,7 +78,15 @@ class ArithmeticTask:
 
     name = "arithmetic"
     prompt_template = "{prompt}"
-    use_chat_template = False
+    use_chat_template = True  # for models that are told the format (see rlvr.data.prompts)
+    instructions = (
+        "Add the numbers one at a time. Write each partial sum as a+b=c, separate the steps with ';', "
+        "then write '#' and the final sum. Write nothing else."
+    )
+    # Worked examples for models that are told the format, one per step count (1 to 3 steps).
+    worked_examples = tuple((e.prompt, target_text(e)) for e in (
+        make_example([250, 3], "shot-0"), make_example([12, 345, 5], "shot-1"), make_example([708, 80, 914, 2], "shot-2"),
+    ))
 
     def __init__(self, min_terms: int = 2, max_terms: int = 5, max_value: int = 999, train_size: int = 20000, val_size: int = 200, seed: int = 0,
                  max_new_tokens: int = 96):

@@ -12,6 +12,7 @@ from rlvr.batch import Example
 from rlvr.data.prompts import encode_chat
 from rlvr.judges.base import Judge, Verdict
 from rlvr.judges.loading import LazyModel
+from rlvr.models.hf import HFModel
 from rlvr.options import check, choose
 from rlvr.rollout.hf import HFEngine
 
@@ -67,11 +68,13 @@ class LLMJudge(Judge):
     A reply that cannot be parsed never stops training: its verdict is the `on_malformed` fallback with
     parsed=False ("last_step": the error is in the final step; "none": no error found).
     A response with no steps is not sent to the model: there is no step to blame (first_error None).
+    model: a hub name or folder, or "policy": the policy's own starting weights (its model config `policy`).
     """
 
     def __init__(
         self,
         model: str,
+        policy: HFModel | None = None,
         prompt_template: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
@@ -92,7 +95,12 @@ class LLMJudge(Judge):
         if missing:
             raise ValueError(f"judge.prompt_template {str(path)!r} lacks the placeholder(s) {', '.join('{' + p + '}' for p in missing)}")
         self.on_malformed = on_malformed
-        self.loader = LazyModel(model, AutoModelForCausalLM.from_pretrained, device=device, dtype=dtype)
+        if model == "policy":  # a frozen copy of the policy's starting weights: no extra download, offline too
+            if policy is None:
+                raise ValueError("judge.model=policy needs the policy's model config: judge.policy=${model}")
+            self.loader = LazyModel(policy.name_or_path, AutoModelForCausalLM.from_pretrained, device, dtype, policy.gguf_file)
+        else:
+            self.loader = LazyModel(model, AutoModelForCausalLM.from_pretrained, device=device, dtype=dtype)
         self.engine = HFEngine(num_generations=1, temperature=0, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     def prompt_text(self, example: Example, steps: list[str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rlvr.models.hf import check_device, check_dtype, load_tokenizer, resolve_device, resolve_dtype
+from rlvr.models.hf import check_device, check_dtype, from_hub, load_tokenizer, resolve_device, resolve_dtype, resolve_path
 
 # (model name, device, dtype, extra from_pretrained kwargs) -> model
 ModelBuilder = Callable[..., Any]
@@ -19,11 +19,12 @@ class LazyModel:
     `from_pretrained`, chosen by the judge).
     """
 
-    def __init__(self, name: str, builder: ModelBuilder, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, name: str, builder: ModelBuilder, device: str = "auto", dtype: str = "auto", gguf_file: str | None = None):
         if not name or not isinstance(name, str):
             raise ValueError(f"judge model must be a hub name or a local folder, got {name!r}")
         self.name = name
         self.builder = builder
+        self.gguf = {"gguf_file": gguf_file} if gguf_file else {}  # a GGUF checkpoint in that folder (dequantised on load)
         self.device = check_device(device)
         self.dtype = check_dtype(dtype, "judge.dtype")  # resolved against the device at load time (rlvr.models.hf.resolve_dtype)
         self._loaded: tuple[Any, Any] | None = None
@@ -37,9 +38,10 @@ class LazyModel:
         if self._loaded is None:
             device = resolve_device(self.device)
             dtype = resolve_dtype(self.dtype, device)
-            tokenizer = load_tokenizer(self.name)
+            source = resolve_path(self.name)  # hub name, folder, or rlvr:/pkg: as for the policy
+            tokenizer = from_hub(load_tokenizer, source, "judge.model", **self.gguf)
             # device_map puts the weights straight on the device: a 7B judge never passes through CPU memory whole.
-            model = self.builder(self.name, device_map=str(device), dtype=dtype)
+            model = from_hub(self.builder, source, "judge.model", device_map=str(device), dtype=dtype, **self.gguf)
             model.eval()
             model.requires_grad_(False)  # a judge is never trained; no optimizer or DDP should see it
             self._loaded = (model, tokenizer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,21 @@ def pad_token_id(tokenizer: Any) -> int:
     raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r} has neither a pad nor an EOS token to pad with")
 
 
+def from_hub(load: Callable[..., Any], source: str, option: str, **kwargs: Any) -> Any:
+    """`load(source, **kwargs)`; when `source` is no local folder and the hub cannot give it (offline, or a name
+    it does not have), an error that names the option and how to point it at a local copy."""
+    try:
+        return load(source, **kwargs)
+    except OSError as err:
+        if Path(source).is_dir():
+            raise
+        raise OSError(
+            f"{option}={source!r} is not a local folder and could not be loaded from the Hugging Face hub ({err}). "
+            f"Without hub access: download it where the hub is reachable (`hf download {source} --local-dir DIR`), "
+            f"copy DIR here and run with {option}=/path/to/DIR"
+        ) from err
+
+
 def load_tokenizer(source: str, **kwargs: Any):
     """AutoTokenizer, except for a generic fast tokenizer saved beside a model config: transformers 5
     then builds the model type's own tokenizer class around it and swaps its pre-tokenizer (our
@@ -110,6 +126,7 @@ class HFModel:
         lora: dict[str, Any] | None = None,
         trust_remote_code: bool = False,
         attn_implementation: str | None = None,
+        bare_prompts: bool = False,
     ):
         self.name_or_path = name_or_path
         self.gguf_file = gguf_file
@@ -121,6 +138,7 @@ class HFModel:
         self.lora = dict(lora) if lora else None
         self.trust_remote_code = trust_remote_code
         self.attn_implementation = attn_implementation
+        self.bare_prompts = bare_prompts  # trained on the task's bare prompts: no instructions, examples or chat turns
 
     @property
     def path(self) -> str:
@@ -131,7 +149,9 @@ class HFModel:
 
     def load_tokenizer(self):
         source = resolve_path(self.tokenizer_name) if self.tokenizer_name else self.path
-        tokenizer = load_tokenizer(source, trust_remote_code=self.trust_remote_code, **({} if self.tokenizer_name else self._gguf()))
+        option = "model.tokenizer" if self.tokenizer_name else "model.name_or_path"
+        extra = {} if self.tokenizer_name else self._gguf()
+        tokenizer = from_hub(load_tokenizer, source, option, trust_remote_code=self.trust_remote_code, **extra)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -143,7 +163,11 @@ class HFModel:
         kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": self.trust_remote_code, **self._gguf()}
         if self.attn_implementation:
             kwargs["attn_implementation"] = self.attn_implementation
-        return AutoModelForCausalLM.from_pretrained(self.path, **kwargs)
+        model = from_hub(AutoModelForCausalLM.from_pretrained, self.path, "model.name_or_path", **kwargs)
+        if self.gguf_file:  # dequantised to `dtype` on load: nothing quantised is left, so it saves as a plain model
+            model.hf_quantizer = None
+            model.config.__dict__.pop("quantization_config", None)
+        return model
 
     def load_policy(self) -> torch.nn.Module:
         model = self._load(self.dtype)

@@ -19,7 +19,7 @@ def build_char_tokenizer(chars: Iterable[str] = DEFAULT_CHARS, extra_tokens: Ite
     for ch in dict.fromkeys(chars):
         vocab.setdefault(ch, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # "." would skip newlines, so "\n\n" became one unknown token
     backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, additional_special_tokens=list(extra_tokens)
