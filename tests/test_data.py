@@ -219,3 +219,19 @@ def test_worked_examples_are_right_and_in_format():
 
     for problem, solution in ArithmeticTask.worked_examples:
         assert in_format(solution) and final_answer(solution) == str(sum(parse_terms(problem)))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "holds no rows"),
+    (b"\n\n", "holds no rows"),
+    (b'{"question": "q", "answer": "#### 1"}\n{"question": "caf\xe9"}\n', "line 2: not UTF-8 text"),
+    (b'{"question": "q", "answer": "#### 1"}\n{"question": \n', "line 2: not JSON"),
+    (b'["q", "#### 1"]\n', "line 1: each line must be a JSON object, got list"),
+])
+def test_a_bad_data_file_names_the_file_and_line(tmp_path, content, message):
+    from rlvr.data.hub import GSM8K
+
+    (tmp_path / "train.jsonl").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        GSM8K(path=str(tmp_path)).train()
+    assert str(tmp_path / "train.jsonl") in str(info.value)

@@ -92,3 +92,54 @@ def test_mini_batches_take_that_many_optimizer_steps(tmp_path, loss):
     _, _, module, _, trainer = fit_on_hand_batch(tmp_path, "algorithm.mini_batches=2", "algorithm.ppo_epochs=2", f"loss={loss}")
     assert trainer.global_step == 4  # Lightning counts optimizer steps
     assert module.lr_schedulers().last_epoch == 4
+
+
+class NaNOnce:
+    """Wraps a loss plugin: its first `times` calls return NaN (a too-large lr's first symptom)."""
+
+    def __init__(self, loss, times):
+        self.loss, self.times = loss, times
+
+    def __getattr__(self, name):
+        return getattr(self.loss, name)
+
+    def __call__(self, *args):
+        loss, stats = self.loss(*args)
+        if self.times > 0:
+            self.times -= 1
+            loss = loss * float("nan")
+        return loss, stats
+
+
+def test_a_nan_update_is_skipped_counted_and_never_applied(tmp_path):
+    cfg = compose_run("max_steps=2")
+    module = build_module(cfg)
+    before = copy.deepcopy(module.policy)
+    module.roll_out = lambda examples: hand_built_batch(module.tokenizer)
+    module.loss = NaNOnce(module.loss, times=1)
+    trainer = build_trainer(cfg, tmp_path, 1)
+    trainer.fit(module)
+    # the NaN step was redrawn, so 2 applied updates came from 3 roll-out steps; the weights are finite and moved
+    assert trainer.global_step == 2 and module.nonfinite.skipped == 1
+    assert trainer.callback_metrics["train/skipped_updates"] == 1
+    assert all(torch.isfinite(p).all() for p in module.policy.parameters())
+    assert any(not torch.equal(x, y) for x, y in zip(before.parameters(), module.policy.parameters()))
+
+
+def test_non_finite_updates_in_a_row_stop_the_run_with_the_step_and_lr(tmp_path):
+    cfg = compose_run("algorithm.max_nonfinite_updates=2")
+    module = build_module(cfg)
+    before = copy.deepcopy(module.policy)
+    module.roll_out = lambda examples: hand_built_batch(module.tokenizer)
+    module.loss = NaNOnce(module.loss, times=5)
+    with pytest.raises(FloatingPointError, match=r"2 updates in a row were skipped, the last for a non-finite loss and grad_norm at optimizer step 0 \(lr 1e-05\)"):
+        build_trainer(cfg, tmp_path, 1).fit(module)
+    assert_same_weights(before, module.policy, atol=0)
+
+
+def test_non_finite_weights_are_never_checkpointed():
+    module = build_module(compose_run())
+    with torch.no_grad():
+        next(module.policy.parameters())[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="no checkpoint is written"):
+        module.on_save_checkpoint({})

@@ -3,9 +3,13 @@ The loss itself is a plugin (`loss=`), the optimizer and its schedule are `optim
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
 from rlvr.options import check, choose
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -16,6 +20,7 @@ class AlgorithmConfig:
     micro_batch_size: int | None = None  # gradient accumulation inside a mini-batch (memory only; same gradient)
     max_grad_norm: float | None = 1.0
     truncation: str = "keep"  # keep: score truncated completions as they are; mask: leave them out of the loss
+    max_nonfinite_updates: int = 3  # updates in a row with a NaN/inf loss or gradient (each skipped) before the run stops
 
     def __post_init__(self):
         check("algorithm.prompts_per_step", self.prompts_per_step, integer=True, low=1)
@@ -23,8 +28,33 @@ class AlgorithmConfig:
         check("algorithm.mini_batches", self.mini_batches, integer=True, low=1)
         check("algorithm.micro_batch_size", self.micro_batch_size, integer=True, low=1, optional=True)
         check("algorithm.max_grad_norm", self.max_grad_norm, low=0, low_open=True, optional=True)
+        check("algorithm.max_nonfinite_updates", self.max_nonfinite_updates, integer=True, low=1)
         self.mask_truncated: bool = choose("algorithm.truncation", self.truncation, {"keep": False, "mask": True})
 
     @property
     def optimizer_steps_per_rollout(self) -> int:
         return self.ppo_epochs * self.mini_batches
+
+
+class NonFiniteGuard:
+    """Lets an optimizer step through only when its loss and gradient norm are finite: a NaN gradient applied
+    once makes every weight NaN. A skipped step is not counted (the run draws new roll-outs for it); after
+    `limit` skipped steps in a row the run stops with an error naming the step, the lr and what was not finite."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.skipped = limit, 0, 0
+
+    def admits(self, stats: dict[str, float], step: int, lr: float) -> bool:
+        bad = [key for key in ("loss", "grad_norm") if not math.isfinite(stats[key])]
+        if not bad:
+            self.in_a_row = 0
+            return True
+        self.in_a_row, self.skipped = self.in_a_row + 1, self.skipped + 1
+        what = f"non-finite {' and '.join(bad)} at optimizer step {step} (lr {lr:.3g})"
+        if self.in_a_row >= self.limit:
+            raise FloatingPointError(
+                f"{self.in_a_row} updates in a row were skipped, the last for a {what}; the weights are unchanged by "
+                "them. Lower optimizer.lr or algorithm.max_grad_norm, or raise algorithm.max_nonfinite_updates"
+            )
+        log.warning("skipped an update: %s (%d in a row, at most %d)", what, self.in_a_row, self.limit)
+        return False

@@ -12,7 +12,7 @@ import torchmetrics
 from torch.utils.data import DataLoader, IterableDataset
 
 from rlvr.advantages.base import AdvantageEstimator
-from rlvr.algorithm import AlgorithmConfig
+from rlvr.algorithm import AlgorithmConfig, NonFiniteGuard
 from rlvr.batch import Example, RolloutBatch, build_rollout_batch
 from rlvr.data.prompts import PromptEncoder
 from rlvr.data.stream import PromptStream
@@ -23,7 +23,7 @@ from rlvr.metrics import SHOWN, plugin_metrics, step_metrics, timed
 from rlvr.models.hf import HFModel
 from rlvr.rewards.base import Reward
 from rlvr.rollout.base import RolloutEngine
-from rlvr.state import capture_rng, load_plugin_states, plugin_states, restore_rng
+from rlvr.state import capture_rng, check_finite, load_plugin_states, plugin_states, restore_rng
 from rlvr.tensors import masked_mean
 
 
@@ -47,7 +47,7 @@ class RLVRModule(pl.LightningModule):
         self.prompts = PromptStream(data.train(), algorithm.prompts_per_step, seed)
         self.val_examples = data.val()
         self.val_accuracy = torchmetrics.MeanMetric()
-        self._shuffle = torch.Generator().manual_seed(seed)
+        self._shuffle, self.nonfinite = torch.Generator().manual_seed(seed), NonFiniteGuard(algorithm.max_nonfinite_updates)
         self._pending_rng: dict[str, Any] | None = None
 
     # ---- the training step -------------------------------------------------------------------
@@ -97,9 +97,10 @@ class RLVRModule(pl.LightningModule):
                     for key, value in {"loss": loss.detach(), **micro_stats}.items():
                         stats[key] = stats.get(key, 0.0) + float(value) * weight
                 stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), algo.max_grad_norm or float("inf")))
-                optimizer.step()
+                if self.nonfinite.admits(stats, self.global_step, scheduler.get_last_lr()[0]):
+                    optimizer.step()
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
         return {key: value / algo.optimizer_steps_per_rollout for key, value in totals.items()}
@@ -118,7 +119,8 @@ class RLVRModule(pl.LightningModule):
 
     def log_step(self, batch: RolloutBatch, update: dict[str, float], timings: dict[str, float], reward_errors: int) -> None:
         metrics = step_metrics(batch, update, timings, **{"train/reward_errors": float(reward_errors),
-            "train/lr": self.lr_schedulers().get_last_lr()[0], "train/prompts_consumed": float(self.prompts.position)})
+            "train/lr": self.lr_schedulers().get_last_lr()[0], "train/prompts_consumed": float(self.prompts.position),
+            "train/skipped_updates": float(self.nonfinite.skipped)})
         self.log_dict({k: v for k, v in metrics.items() if k not in SHOWN}, on_step=True, sync_dist=True)
         self.log_dict({k: metrics[k] for k in SHOWN}, on_step=True, prog_bar=True, sync_dist=True)
         # Plugins may log a key on some ranks only (e.g. no guided sample there): reducing them key by key
@@ -160,6 +162,7 @@ class RLVRModule(pl.LightningModule):
         return {"guidance": self.guidance, "advantage": self.advantage, "reward": self.reward, "rollout": self.rollout_engine}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_finite(self.policy)
         checkpoint["rlvr"] = {"prompts": self.prompts.state_dict(), "plugins": plugin_states(self.plugins()),
                               "shuffle": self._shuffle.get_state(), "rng": capture_rng()}
 

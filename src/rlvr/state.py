@@ -37,3 +37,10 @@ def load_plugin_states(plugins: dict[str, Any], states: dict[str, Any]) -> None:
     for name, plugin in plugins.items():
         if name in states and hasattr(plugin, "load_state_dict"):
             plugin.load_state_dict(states[name])
+
+
+def check_finite(policy: torch.nn.Module) -> None:
+    """A checkpoint of NaN/inf weights would poison every resume: refuse to write one."""
+    bad = [name for name, p in policy.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise FloatingPointError(f"{len(bad)} policy tensors hold NaN/inf (e.g. {bad[0]}): no checkpoint is written")

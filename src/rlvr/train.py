@@ -13,6 +13,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +35,10 @@ def check_run_options(cfg: DictConfig, algorithm: AlgorithmConfig) -> None:
             raise ValueError(f"trainer.{key} is not a setting: rlvr's {key} is top-level and counts training steps (write {key}=...)")
     if str(cfg.trainer.get("precision")).startswith("16"):
         raise ValueError("precision 16-mixed is not supported (its loss scaling would bypass gradient clipping): use bf16-mixed")
+    try:  # the optimizer and schedule check their own numbers (a negative lr...): try them on a dummy parameter now
+        instantiate(cfg.scheduler)(instantiate(cfg.optimizer)([torch.zeros(1, requires_grad=True)]), total_steps=cfg.max_steps)
+    except ValueError as err:
+        raise ValueError(f"optimizer / scheduler settings: {err}") from err
     samples = algorithm.prompts_per_step * cfg.rollout.num_generations
     if algorithm.mini_batches > samples:
         raise ValueError(f"algorithm.mini_batches={algorithm.mini_batches} exceeds the {samples} samples of a roll-out batch")

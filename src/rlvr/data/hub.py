@@ -7,6 +7,7 @@ a missing field is an error naming where it came from, never a silently empty ex
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,28 @@ from rlvr.options import check
 
 BOXED_PROMPT = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 _CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<16-3-4=9>>
+
+
+def read_jsonl(file: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (blank lines skipped); bytes that are not UTF-8, a line that is not
+    a JSON object, or a file with no rows is an error naming the file and the line."""
+    rows = []
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+                row = json.loads(line) if line.strip() else None
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{file}, line {number}: not UTF-8 text ({err.reason} at byte {err.start} of the line)") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{file}, line {number}: not JSON ({err.msg} at column {err.colno})") from None
+            if row is not None and not isinstance(row, dict):
+                raise ValueError(f"{file}, line {number}: each line must be a JSON object, got {type(row).__name__}")
+            if row is not None:
+                rows.append(row)
+    if not rows:
+        raise ValueError(f"{file} holds no rows (an empty file?)")
+    return rows
 
 
 class HubTask:
@@ -50,16 +73,15 @@ class HubTask:
     def rows(self, split: str) -> list[dict[str, Any]]:
         """All raw rows of `split`, loaded once."""
         if split not in self._splits:
-            import datasets  # slow import, only when data is actually needed
-
             if self.path is not None:
                 file = self.path / f"{split}.jsonl"
                 if not file.is_file():
                     raise FileNotFoundError(f"{self.name}: no file {file} for split {split!r}")
-                data = datasets.load_dataset("json", data_files={split: str(file)}, split=split)
+                self._splits[split] = read_jsonl(file)
             else:
-                data = datasets.load_dataset(self.hub_name, self.hub_config, split=split)
-            self._splits[split] = list(data)
+                import datasets  # slow import, only when data is actually needed
+
+                self._splits[split] = list(datasets.load_dataset(self.hub_name, self.hub_config, split=split))
         return self._splits[split]
 
     def where(self, split: str, index: int) -> str:
