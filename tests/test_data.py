@@ -235,3 +235,38 @@ def test_a_bad_data_file_names_the_file_and_line(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as info:
         GSM8K(path=str(tmp_path)).train()
     assert str(tmp_path / "train.jsonl") in str(info.value)
+
+
+def _split_check(**options):
+    from rlvr.data.arithmetic import ArithmeticTask
+    from rlvr.data.checks import checked_splits
+    from rlvr.data.prompts import PromptEncoder
+    from rlvr.models.tiny import build_char_tokenizer
+
+    task = ArithmeticTask(min_terms=2, max_terms=5, train_size=40, val_size=8, **options)
+    return checked_splits(task, PromptEncoder(task, build_char_tokenizer(), bare=True).batch)
+
+
+def test_long_prompts_are_an_error_naming_the_longest_or_skipped_with_a_count(caplog):
+    # bare prompts of 2..5 three-digit terms are at most 5 * 4 = 20 characters; a limit of 12 cuts the long ones
+    with pytest.raises(ValueError, match=r"training prompts are longer than data.max_prompt_tokens=12 \(the longest, 'train-\d+', has \d+ tokens\)"):
+        _split_check(max_prompt_tokens=12)
+    train, val = _split_check(max_prompt_tokens=12, long_prompts="skip")
+    assert train and all(len(e.prompt) <= 12 for e in train + val)
+    assert "skipped (data.long_prompts=skip)" in caplog.text
+    with pytest.raises(ValueError, match="all of them"):
+        _split_check(max_prompt_tokens=2, long_prompts="skip")
+    with pytest.raises(ValueError, match="data.long_prompts must be one of error | skip"):
+        _split_check(long_prompts="truncate")
+    assert len(_split_check(max_prompt_tokens=None)[0]) == 40
+
+
+def test_train_validation_overlap_is_counted_in_a_warning(caplog):
+    from rlvr.data.checks import checked_splits
+    from rlvr.data.hub import GSM8K
+
+    fixtures = Path(__file__).parent / "fixtures" / "gsm8k"
+    same = GSM8K(path=str(fixtures), train_split="test", val_split="test", val_size=2, max_prompt_tokens=None)
+    checked_splits(same, lambda examples: [[0]] * len(examples))
+    assert "4 training problems are also validation problems" not in caplog.text  # only the 2 shared ones count
+    assert "2 training problems are also validation problems" in caplog.text

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from rlvr.advantages.base import AdvantageEstimator
 from rlvr.algorithm import AlgorithmConfig, NonFiniteGuard
 from rlvr.batch import Example, RolloutBatch, build_rollout_batch
+from rlvr.data.checks import checked_splits
 from rlvr.data.prompts import PromptEncoder
 from rlvr.data.stream import PromptStream
 from rlvr.guidance.base import Guidance
@@ -36,16 +37,15 @@ class RLVRModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.data, self.rollout_engine, self.reward, self.advantage = data, rollout, reward, advantage
-        self.guidance, self.loss, self.algorithm = guidance, loss, algorithm
-        self.make_optimizer, self.make_scheduler = optimizer, scheduler
+        self.guidance, self.loss, self.algorithm, self.make_optimizer, self.make_scheduler = guidance, loss, algorithm, optimizer, scheduler
         self.max_steps, self.seed, self.val_batch_size = max_steps, seed, val_batch_size
         self.tokenizer = model.load_tokenizer()
         self.encode_prompts = PromptEncoder(data, self.tokenizer, bare=model.bare_prompts).batch
         self.policy = model.load_policy()
         # In a list, so the frozen copy is neither saved in checkpoints nor seen by the optimizer.
         self._reference = [model.load_reference()] if loss.needs_reference else []
-        self.prompts = PromptStream(data.train(), algorithm.prompts_per_step, seed)
-        self.val_examples = data.val()
+        train, self.val_examples = checked_splits(data, self.encode_prompts)  # lengths checked, overlap counted
+        self.prompts = PromptStream(train, algorithm.prompts_per_step, seed)
         self.val_accuracy = torchmetrics.MeanMetric()
         self._shuffle, self.nonfinite = torch.Generator().manual_seed(seed), NonFiniteGuard(algorithm.max_nonfinite_updates)
         self._pending_rng: dict[str, Any] | None = None

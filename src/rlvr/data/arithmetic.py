@@ -11,6 +11,7 @@ import random
 import re
 
 from rlvr.batch import Example
+from rlvr.data.checks import prompt_limits
 from rlvr.options import check
 
 STEP_SEPARATOR = ";"
@@ -91,7 +92,7 @@ class ArithmeticTask:
     ))
 
     def __init__(self, min_terms: int = 2, max_terms: int = 5, max_value: int = 999, train_size: int = 20000, val_size: int = 200, seed: int = 0,
-                 max_new_tokens: int = 96):
+                 max_new_tokens: int = 96, max_prompt_tokens: int | None = 2048, long_prompts: str = "error"):
         check("data.min_terms", min_terms, integer=True, low=2)
         if check("data.max_terms", max_terms, integer=True) < min_terms:
             raise ValueError(f"data.max_terms ({max_terms}) is below data.min_terms ({min_terms})")
@@ -101,6 +102,7 @@ class ArithmeticTask:
         self.min_terms, self.max_terms, self.max_value = min_terms, max_terms, max_value
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.max_new_tokens = check("data.max_new_tokens", max_new_tokens, integer=True, low=1)  # fits a 5-term answer
+        self.max_prompt_tokens, self.skip_long_prompts = prompt_limits(max_prompt_tokens, long_prompts)
 
     def _draw(self, count: int, seed: int, split: str) -> list[Example]:
         rng = random.Random(seed)

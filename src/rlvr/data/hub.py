@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.batch import Example
+from rlvr.data.checks import prompt_limits
 from rlvr.data.steps import step_texts
 from rlvr.options import check
 
@@ -48,7 +49,7 @@ class HubTask:
     name = "hub"
 
     def __init__(self, path: str | None, hub_name: str, hub_config: str | None, prompt_template: str, use_chat_template: bool,
-                 max_new_tokens: int):
+                 max_new_tokens: int, max_prompt_tokens: int | None = 2048, long_prompts: str = "error"):
         try:
             prompt_template.format(prompt="")
         except (KeyError, IndexError, ValueError) as exc:
@@ -62,6 +63,7 @@ class HubTask:
         self.hub_name, self.hub_config = hub_name, hub_config
         self.prompt_template, self.use_chat_template = prompt_template, use_chat_template
         self.max_new_tokens = check("data.max_new_tokens", max_new_tokens, integer=True, low=1)  # a budget that fits its solutions
+        self.max_prompt_tokens, self.skip_long_prompts = prompt_limits(max_prompt_tokens, long_prompts)
         self._splits: dict[str, list[dict[str, Any]]] = {}
 
     def source(self, split: str) -> str:
@@ -131,8 +133,10 @@ class GSM8K(HubTask):
         prompt_template: str = BOXED_PROMPT,
         use_chat_template: bool = True,
         max_new_tokens: int = 512,
+        max_prompt_tokens: int | None = 2048,
+        long_prompts: str = "error",
     ):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens)
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
         check("data.train_size", train_size, integer=True, low=0, optional=True)
         check("data.val_size", val_size, integer=True, low=0, optional=True)
         self.train_split, self.val_split = train_split, val_split
@@ -186,8 +190,10 @@ class MATH500(HubTask):
         prompt_template: str = BOXED_PROMPT,
         use_chat_template: bool = True,
         max_new_tokens: int = 1024,
+        max_prompt_tokens: int | None = 2048,
+        long_prompts: str = "error",
     ):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens)
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
         check("data.train_size", train_size, integer=True, low=0, optional=True)
         check("data.val_size", val_size, integer=True, low=0)
         self.split, self.train_size, self.val_size = split, train_size, val_size
