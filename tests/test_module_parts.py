@@ -45,6 +45,8 @@ def test_algorithm_config_rejects_bad_values():
     ("max_steps=0", "max_steps must be an integer >= 1"),
     ("trainer.precision=16-mixed", "bf16-mixed"),
     ("algorithm.mini_batches=65", "exceeds the 64 samples"),
+    ("rollout.num_generations=1", "a group needs >= 2 roll-outs"),
+    ("rollout.temperature=0", "temperature > 0"),
     ("optimizer.lr=-0.001", "optimizer / scheduler settings: Invalid learning rate: -0.001"),
     ("scheduler.min_lr_ratio=3", "scheduler.min_lr_ratio must be a number >= 0 and <= 1"),
 ])

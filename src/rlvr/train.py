@@ -39,6 +39,10 @@ def check_run_options(cfg: DictConfig, algorithm: AlgorithmConfig) -> None:
         instantiate(cfg.scheduler)(instantiate(cfg.optimizer)([torch.zeros(1, requires_grad=True)]), total_steps=cfg.max_steps)
     except ValueError as err:
         raise ValueError(f"optimizer / scheduler settings: {err}") from err
+    # Settings under which every group-relative advantage is 0: the run would train nothing.
+    if cfg.rollout.num_generations < 2 or cfg.rollout.temperature == 0:
+        raise ValueError(f"rollout.num_generations={cfg.rollout.num_generations}, rollout.temperature={cfg.rollout.temperature}: a group "
+                         "needs >= 2 roll-outs that can differ (temperature > 0), or every advantage is 0 and nothing is learnt")
     samples = algorithm.prompts_per_step * cfg.rollout.num_generations
     if algorithm.mini_batches > samples:
         raise ValueError(f"algorithm.mini_batches={algorithm.mini_batches} exceeds the {samples} samples of a roll-out batch")
