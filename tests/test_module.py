@@ -39,12 +39,18 @@ def hand_built_batch(tokenizer):
     return build_rollout_batch(examples, 4, prompt_ids, plan, generations, tokenizer, 64, loss_on_guidance=True, mask_truncated=False)
 
 
-def fit_on_hand_batch(tmp_path, *overrides):
-    """(weights before, weights after, module, the config) for one training step on the hand-built batch."""
+def module_on_hand_batch(*overrides):
+    """(config, module whose every roll-out is the hand-built batch, a copy of its policy before training)."""
     cfg = compose_run(*overrides)
     module = build_module(cfg)
     before = copy.deepcopy(module.policy)
     module.roll_out = lambda examples: hand_built_batch(module.tokenizer)
+    return cfg, module, before
+
+
+def fit_on_hand_batch(tmp_path, *overrides):
+    """(weights before, weights after, module, the config) for one training step on the hand-built batch."""
+    cfg, module, before = module_on_hand_batch(*overrides)
     trainer = build_trainer(cfg, tmp_path, module.algorithm.optimizer_steps_per_rollout)
     trainer.fit(module)
     return before, module.policy, module, cfg, trainer
@@ -112,10 +118,7 @@ class NaNOnce:
 
 
 def test_a_nan_update_is_skipped_counted_and_never_applied(tmp_path):
-    cfg = compose_run("max_steps=2")
-    module = build_module(cfg)
-    before = copy.deepcopy(module.policy)
-    module.roll_out = lambda examples: hand_built_batch(module.tokenizer)
+    cfg, module, before = module_on_hand_batch("max_steps=2")
     module.loss = NaNOnce(module.loss, times=1)
     trainer = build_trainer(cfg, tmp_path, 1)
     trainer.fit(module)
@@ -127,10 +130,7 @@ def test_a_nan_update_is_skipped_counted_and_never_applied(tmp_path):
 
 
 def test_non_finite_updates_in_a_row_stop_the_run_with_the_step_and_lr(tmp_path):
-    cfg = compose_run("algorithm.max_nonfinite_updates=2")
-    module = build_module(cfg)
-    before = copy.deepcopy(module.policy)
-    module.roll_out = lambda examples: hand_built_batch(module.tokenizer)
+    cfg, module, before = module_on_hand_batch("algorithm.max_nonfinite_updates=2")
     module.loss = NaNOnce(module.loss, times=5)
     with pytest.raises(FloatingPointError, match=r"2 updates in a row were skipped, the last for a non-finite loss and grad_norm at optimizer step 0 \(lr 1e-05\)"):
         build_trainer(cfg, tmp_path, 1).fit(module)
