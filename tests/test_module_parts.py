@@ -90,3 +90,14 @@ def test_ranks_take_disjoint_prompts_of_one_global_stream():
     per_step = [[e.id for e in ranks[r].next(rank=r, world_size=2)] for r in range(2)]
     assert per_step[0] + per_step[1] == global_order[:4]
     assert ranks[0].position == ranks[1].position == 4
+
+
+def test_auto_resume_finds_the_run_directorys_last_checkpoint_or_starts_fresh(tmp_path):
+    from rlvr.train import resume_checkpoint
+
+    assert resume_checkpoint("auto", tmp_path) is None  # nothing to resume: a fresh run (e.g. a Slurm job's first start)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resume_checkpoint("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        resume_checkpoint(None, tmp_path)

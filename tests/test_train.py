@@ -105,3 +105,27 @@ def test_headline_command_offline_fails_only_on_the_download_naming_the_model_an
     assert result.returncode != 0
     assert "model.name_or_path='Qwen/Qwen2.5-1.5B' is not a local folder" in result.stderr
     assert "model.name_or_path=/path/to/DIR" in result.stderr
+
+
+def test_run_directory_keeps_its_history_fresh_runs_refuse_it_and_auto_resumes_in_place(tmp_path):
+    import shutil
+
+    common = ["max_steps=3", "checkpoint_every=2", "val_every=2"]
+    straight = run_train(tmp_path, *common, name="straight")
+    # a crash after step 3's metrics were logged but before its checkpoint: last.ckpt is still step 2's
+    crashed = tmp_path / "crashed"
+    shutil.copytree(straight, crashed)
+    shutil.copy(crashed / "checkpoints" / "step000002.ckpt", crashed / "checkpoints" / "last.ckpt")
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    fresh = subprocess.run([sys.executable, "-m", "rlvr.train", *FAST, *common, f"hydra.run.dir={crashed}"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert fresh.returncode != 0 and "already holds a run (metrics.csv, checkpoints)" in fresh.stderr
+    assert "ckpt_path=auto" in fresh.stderr
+
+    run_train(tmp_path, *common, "ckpt_path=auto", name="crashed")
+    a, b = read_metrics(straight), read_metrics(crashed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]  # the earlier rows kept, the interrupted one not doubled
+    for key in ("train/loss", "train/reward", "val/accuracy", "train/prompts_consumed"):
+        assert series(a, key) == pytest.approx(series(b, key), rel=1e-5, abs=1e-7), key
+    assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["last.ckpt", "step000002.ckpt"]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 
 from rlvr.algorithm import AlgorithmConfig
+from rlvr.metrics import METRICS_FILE
 from rlvr.module import RLVRModule
 from rlvr.options import check
 
@@ -76,6 +79,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: i
         every_n_train_steps=cfg.checkpoint_every * optimizer_steps_per_rollout,
         save_top_k=-1,
         save_last=True,
+        enable_version_counter=False,  # a resumed run overwrites its own last.ckpt, never writes last-v1.ckpt beside it
     )
     return instantiate(
         cfg.trainer,
@@ -88,13 +92,49 @@ def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: i
     )
 
 
+def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to resume from; "auto": the run directory's own last.ckpt (none yet: a fresh run).
+    A fresh run refuses a run directory that already holds a run: it would overwrite its metrics and checkpoints."""
+    if ckpt_path == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+    held = [p.name for p in (run_dir / METRICS_FILE, run_dir / "checkpoints") if p.exists()]
+    if ckpt_path is None and held:
+        raise FileExistsError(f"run directory {run_dir} already holds a run ({', '.join(held)}); a fresh run would overwrite it. "
+                              "Resume it with ckpt_path=auto, or give the new run its own hydra.run.dir")
+    return ckpt_path
+
+
+def metrics_before(ckpt_path: str | None, run_dir: Path) -> list[dict[str, str]]:
+    """The rows of the run directory's metrics.csv logged before the checkpoint (later ones are logged again)."""
+    file = run_dir / METRICS_FILE
+    if ckpt_path is None or not file.is_file():
+        return []
+    step = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    with file.open(newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["step"]) < step]
+
+
+def continue_metrics(logger: Any, rows: list[dict[str, str]]) -> None:
+    """Put the earlier rows back in front of what the resumed run logs (the CSV logger deletes the file it finds)."""
+    if rows and isinstance(logger, CSVLogger):
+        writer = logger.experiment  # created here: it removes the old file
+        writer.metrics_keys = list(rows[0])
+        with open(writer.metrics_file_path, "w", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=writer.metrics_keys).writeheader()
+            csv.DictWriter(handle, fieldnames=writer.metrics_keys).writerows(rows)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
+    history = metrics_before(ckpt_path, run_dir)
     module = build_module(cfg)
     trainer = build_trainer(cfg, run_dir, module.algorithm.optimizer_steps_per_rollout)
-    if cfg.ckpt_path is None:
+    continue_metrics(trainer.logger, history)
+    if ckpt_path is None:
         trainer.validate(module, verbose=False)  # the "before" point of the val/accuracy curve (greedy: no RNG drawn)
-    trainer.fit(module, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, ckpt_path=ckpt_path)
     if cfg.export_policy and trainer.is_global_zero:
         policy = module.policy
         if hasattr(policy, "merge_and_unload"):  # LoRA: fold the adapters in, so the folder is a plain HF model
