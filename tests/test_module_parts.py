@@ -101,3 +101,13 @@ def test_auto_resume_finds_the_run_directorys_last_checkpoint_or_starts_fresh(tm
     assert resume_checkpoint("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
     with pytest.raises(FileExistsError, match="already holds a run"):
         resume_checkpoint(None, tmp_path)
+
+
+def test_a_corrupt_checkpoint_names_the_file_and_the_ones_beside_it(tmp_path):
+    from rlvr.train import metrics_before
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # a write cut short
+    (tmp_path / "checkpoints" / "step000100.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt cannot be read .*other checkpoints there: step000100.ckpt"):
+        metrics_before(str(tmp_path / "checkpoints" / "last.ckpt"), tmp_path)

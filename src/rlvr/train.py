@@ -105,12 +105,25 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     return ckpt_path
 
 
+def checkpoint_step(ckpt_path: str) -> int:
+    """The optimizer step a checkpoint was saved at; a missing, empty or corrupt file is an error naming it and
+    the other checkpoints beside it (read memory-mapped: a 7B checkpoint is not loaded whole for this)."""
+    try:
+        return int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception as err:
+        others = sorted(p.name for p in Path(ckpt_path).parent.glob("*.ckpt") if p != Path(ckpt_path))
+        raise ValueError(f"checkpoint {ckpt_path} cannot be read ({type(err).__name__}: {err}); other checkpoints there: "
+                         f"{', '.join(others) or 'none'} (resume from one with ckpt_path=<path>)") from err
+
+
 def metrics_before(ckpt_path: str | None, run_dir: Path) -> list[dict[str, str]]:
     """The rows of the run directory's metrics.csv logged before the checkpoint (later ones are logged again)."""
     file = run_dir / METRICS_FILE
-    if ckpt_path is None or not file.is_file():
+    if ckpt_path is None:
         return []
-    step = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    step = checkpoint_step(ckpt_path)  # also checks the checkpoint before any model loads
+    if not file.is_file():
+        return []
     with file.open(newline="") as handle:
         return [row for row in csv.DictReader(handle) if int(row["step"]) < step]
 
