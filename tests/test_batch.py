@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rlvr.batch import completion_loss_mask
+from rlvr.batch import build_rollout_batch, completion_loss_mask
+from rlvr.data.arithmetic import make_example
 from tests.helpers import TOKENIZER, encode, make_batch
 
 
@@ -68,3 +69,18 @@ def test_select_keeps_samples_aligned():
     assert part.completion_texts == ["4#4", "1#1"]
     assert part.group_ids.tolist() == [1, 0]
     assert [e.id for e in part.examples] == ["ex1", "ex0"]
+
+
+def test_pad_tokens_an_engine_returns_inside_a_completion_are_not_scored():
+    from rlvr.guidance.base import GuidancePlan
+    from rlvr.rollout.base import Generation
+    from tests.helpers import TOKENIZER, encode
+
+    example = make_example([12, 34], "e")
+    pad = TOKENIZER.pad_token_id
+    ids = encode("12+34") + [pad] + encode("=46#46") + [TOKENIZER.eos_token_id]
+    plan = GuidancePlan(prefix_ids=[[]], guided=[False], length=0.0)
+    batch = build_rollout_batch([example], 1, [encode(example.prompt)], plan, [Generation(ids, True)], TOKENIZER, 64, True, False)
+    assert batch.token_mask[0].tolist() == [1] * len(ids)  # attended to as generated
+    assert batch.loss_mask[0].tolist() == [1] * 5 + [0] + [1] * 7  # but never scored
+    assert batch.completion_texts == ["12+34=46#46"]

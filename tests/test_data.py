@@ -270,3 +270,27 @@ def test_train_validation_overlap_is_counted_in_a_warning(caplog):
     checked_splits(same, lambda examples: [[0]] * len(examples))
     assert "4 training problems are also validation problems" not in caplog.text  # only the 2 shared ones count
     assert "2 training problems are also validation problems" in caplog.text
+
+
+def test_guidance_on_problems_without_reference_steps_is_refused_or_warned(caplog):
+    from dataclasses import replace
+
+    from rlvr.data.arithmetic import ArithmeticTask
+    from rlvr.data.checks import checked_splits
+    from rlvr.guidance.adaptive import AdaptiveGuidance
+    from rlvr.guidance.base import Guidance
+
+    class Stepless(ArithmeticTask):
+        keep = 0  # how many training problems keep their reference steps
+
+        def train(self):
+            return [e if i < self.keep else replace(e, steps=()) for i, e in enumerate(super().train())]
+
+    task = Stepless(train_size=10, val_size=2, max_prompt_tokens=None)
+    guided = AdaptiveGuidance(max_length=4, initial_length=4)
+    with pytest.raises(ValueError, match="needs reference steps, and no training problem of arithmetic has any"):
+        checked_splits(task, None, guided)
+    assert checked_splits(task, None, Guidance())  # plain GRPO needs none
+    task.keep = 3
+    checked_splits(task, None, guided)
+    assert "7 of 10 training problems have no reference steps" in caplog.text

@@ -406,3 +406,18 @@ def test_sgpo_with_prm_judge_colours_an_all_negative_group(prm_path):
     assert batch.rts.tolist() == [0.5, 0.0, 0.5]
     assert batch.metrics["judge/parse_failures"] == 0.0
     assert advantages.abs().sum() > 0
+
+
+def test_a_judge_whose_replies_are_all_unreadable_warns_once_then_every_50th_time(caplog):
+    from rlvr.data.arithmetic import make_example
+    from rlvr.judges.base import Judge, Verdict
+
+    class Garbled(Judge):
+        def _judge(self, examples, responses):
+            return [Verdict(len(steps) - 1, parsed=False) for steps in responses]
+
+    judge = Garbled()
+    for i in range(51):
+        judge([make_example([1, i], "e")], [["1+1=2"]])
+    assert judge.unreadable_calls == 51
+    assert caplog.text.count("none of 1 replies could be read") == 2  # calls 1 and 51

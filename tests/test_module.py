@@ -143,3 +143,15 @@ def test_non_finite_weights_are_never_checkpointed():
         next(module.policy.parameters())[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="no checkpoint is written"):
         module.on_save_checkpoint({})
+
+
+def test_validation_counts_reward_errors(tmp_path):
+    cfg, module, _ = module_on_hand_batch("reward.on_error=zero")
+
+    def broken(completion, example):
+        raise RuntimeError("checker crashed")
+
+    module.reward.score = broken
+    trainer = build_trainer(cfg, tmp_path, 1)
+    trainer.validate(module, verbose=False)
+    assert trainer.callback_metrics["val/reward_errors"] == 4 and trainer.callback_metrics["val/accuracy"] == 0

@@ -157,6 +157,9 @@ def build_rollout_batch(
     completion_tensor, token_mask = pad_sequences(completions, pad, side="right", width=max(1, max(len(c) for c in completions)))
     truncated_t = torch.tensor(truncated, dtype=torch.bool)
     guidance_t = torch.tensor(guidance_tokens, dtype=torch.long)
+    loss_mask = completion_loss_mask(token_mask, guidance_t, truncated_t, loss_on_guidance, mask_truncated)
+    if pad != tokenizer.eos_token_id:  # a pad token an engine returned inside a completion is no text of the policy's
+        loss_mask = loss_mask * (completion_tensor != pad).to(loss_mask.dtype)
     return RolloutBatch(
         examples=[examples[i // group_size] for i in range(n)],
         group_ids=torch.arange(n) // group_size,
@@ -164,7 +167,7 @@ def build_rollout_batch(
         prompt_mask=prompt_mask,
         completion_ids=completion_tensor,
         token_mask=token_mask,
-        loss_mask=completion_loss_mask(token_mask, guidance_t, truncated_t, loss_on_guidance, mask_truncated),
+        loss_mask=loss_mask,
         completion_texts=tokenizer.batch_decode(completions, skip_special_tokens=True),
         truncated=truncated_t,
         guided=torch.tensor(plan.guided, dtype=torch.bool),

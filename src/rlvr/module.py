@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torchmetrics
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from rlvr.advantages.base import AdvantageEstimator
 from rlvr.algorithm import AlgorithmConfig, NonFiniteGuard
 from rlvr.batch import Example, RolloutBatch, build_rollout_batch
 from rlvr.data.checks import checked_splits
 from rlvr.data.prompts import PromptEncoder
-from rlvr.data.stream import PromptStream
+from rlvr.data.stream import PromptStream, StepCounter
 from rlvr.guidance.base import Guidance
 from rlvr.logprobs import batch_logprobs, completion_logits, entropy_from_logits, token_logprobs
 from rlvr.losses.base import PolicyLoss
@@ -44,7 +43,7 @@ class RLVRModule(pl.LightningModule):
         self.policy = model.load_policy()
         # In a list, so the frozen copy is neither saved in checkpoints nor seen by the optimizer.
         self._reference = [model.load_reference()] if loss.needs_reference else []
-        train, self.val_examples = checked_splits(data, self.encode_prompts)  # lengths checked, overlap counted
+        train, self.val_examples = checked_splits(data, self.encode_prompts, guidance)  # lengths, overlap, guidability
         self.prompts = PromptStream(train, algorithm.prompts_per_step, seed)
         self.val_accuracy = torchmetrics.MeanMetric()
         self._shuffle, self.nonfinite = torch.Generator().manual_seed(seed), NonFiniteGuard(algorithm.max_nonfinite_updates)
@@ -131,9 +130,10 @@ class RLVRModule(pl.LightningModule):
     def validation_step(self, examples: list[Example], _index: int) -> None:
         generations = self.rollout_engine.generate(self.encode_prompts(examples), greedy=True)
         texts = self.tokenizer.batch_decode([g.token_ids for g in generations], skip_special_tokens=True)
-        _, correct, _ = self.reward(texts, examples)
+        _, correct, errors = self.reward(texts, examples)
         self.val_accuracy.update(correct.float().to(self.device))
         self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=len(examples))
+        self.log("val/reward_errors", float(errors), reduce_fx="sum", batch_size=len(examples))  # scored 0 by on_error=zero
 
     # ---- Lightning plumbing ------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -147,7 +147,7 @@ class RLVRModule(pl.LightningModule):
         return batch  # examples are text; their tensors are made on the device by the step itself
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(), batch_size=None)
+        return DataLoader(StepCounter(), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_examples, batch_size=self.val_batch_size, collate_fn=list, shuffle=False)
@@ -192,9 +192,3 @@ class RLVRModule(pl.LightningModule):
             raise RuntimeError(f"checkpoint does not match the policy: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
         return result
 
-
-class _Steps(IterableDataset):
-    """Lightning wants a train loader; prompts come from the module's own stream, so this only counts."""
-
-    def __iter__(self):
-        return itertools.count()

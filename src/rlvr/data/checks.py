@@ -18,11 +18,19 @@ def prompt_limits(max_prompt_tokens: int | None, long_prompts: str) -> tuple[int
     return max_prompt_tokens, choose("data.long_prompts", long_prompts, {"error": False, "skip": True})
 
 
-def checked_splits(data: Any, encode: Callable[[list[Example]], list[list[int]]]) -> tuple[list[Example], list[Example]]:
+def checked_splits(data: Any, encode: Callable[[list[Example]], list[list[int]]], guidance: Any = None) -> tuple[list[Example], list[Example]]:
     """data.train() and data.val() as the model will see them (`encode`): prompts over data.max_prompt_tokens
     are an error naming the longest, or skipped with a count (data.long_prompts=skip); problems in both splits
-    are counted in a warning (validation accuracy would overstate what was learnt)."""
+    are counted in a warning (validation accuracy would overstate what was learnt); a guidance schedule on
+    problems without reference steps is an error (none has any) or a warning (some lack them)."""
     train, val = data.train(), data.val()
+    if getattr(guidance, "needs_reference_steps", False):
+        unguidable = sum(not e.steps for e in train)
+        if unguidable == len(train):
+            raise ValueError(f"guidance={type(guidance).__name__} needs reference steps, and no training problem of "
+                             f"{getattr(data, 'name', type(data).__name__)} has any: use guidance=none")
+        if unguidable:
+            log.warning("%d of %d training problems have no reference steps: they are never guided", unguidable, len(train))
     overlap = len({e.prompt for e in train} & {e.prompt for e in val})
     if overlap:
         log.warning("%d training problems are also validation problems: val/accuracy overstates generalisation", overlap)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
+from torch.utils.data import IterableDataset
 
 from rlvr.batch import Example
 from rlvr.options import check
@@ -44,3 +47,10 @@ class PromptStream:
         if state["num_examples"] != len(self.examples):
             raise ValueError(f"checkpoint's prompt stream covered {state['num_examples']} examples, this data set has {len(self.examples)}")
         self.seed, self.position = state["seed"], state["position"]
+
+
+class StepCounter(IterableDataset):
+    """Lightning wants a train loader; prompts come from the module's own PromptStream, so this only counts."""
+
+    def __iter__(self):
+        return itertools.count()

@@ -20,6 +20,7 @@ class Guidance:
     """No guidance: every roll-out samples from the bare prompt. Base class of the guided schedules."""
 
     loss_on_guidance: bool = True
+    needs_reference_steps: bool = False  # schedules that copy reference steps into roll-outs say so
 
     def plan(self, examples: list[Example], group_size: int, tokenizer: Any) -> GuidancePlan:
         n = len(examples) * group_size

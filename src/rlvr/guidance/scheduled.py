@@ -48,6 +48,7 @@ class ScheduledGuidance(Guidance):
     loss_on_guidance: whether the trainer scores the copied guidance tokens (true = the authors' behaviour).
     Subclasses move ℓ in `_advance`, called once per observed training step.
     """
+    needs_reference_steps = True  # it copies them
 
     def __init__(
         self,
@@ -70,8 +71,7 @@ class ScheduledGuidance(Guidance):
         if check("guidance.max_length", max_length, optional=True) is not None and max_length < initial_length:
             raise ValueError(f"guidance.initial_length ({initial_length}) exceeds guidance.max_length ({max_length})")
         self.guided_per_group, self.unit = guided_per_group, unit
-        self.initial_length = float(initial_length)
-        self.max_length = None if max_length is None else float(max_length)
+        self.initial_length, self.max_length = float(initial_length), None if max_length is None else float(max_length)
         self.loss_on_guidance = bool(loss_on_guidance)
         self.length = float(initial_length)  # current ℓ, in `unit`
         self.steps_observed, self._last_unguidable = 0, 0
