@@ -155,3 +155,15 @@ def test_validation_counts_reward_errors(tmp_path):
     trainer = build_trainer(cfg, tmp_path, 1)
     trainer.validate(module, verbose=False)
     assert trainer.callback_metrics["val/reward_errors"] == 4 and trainer.callback_metrics["val/accuracy"] == 0
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run(tmp_path, monkeypatch):
+    from rlvr.state import AtomicCheckpointIO
+
+    def full_disk(self, checkpoint, path, storage_options=None):
+        raise OSError(f"No space left on device: {path}")
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", full_disk)
+    cfg, module, _ = module_on_hand_batch("checkpoint_every=1")
+    with pytest.raises(OSError, match="No space left on device: .*step000001.ckpt"):
+        build_trainer(cfg, tmp_path, 1).fit(module)

@@ -111,3 +111,32 @@ def test_a_corrupt_checkpoint_names_the_file_and_the_ones_beside_it(tmp_path):
     (tmp_path / "checkpoints" / "step000100.ckpt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt cannot be read .*other checkpoints there: step000100.ckpt"):
         metrics_before(str(tmp_path / "checkpoints" / "last.ckpt"), tmp_path)
+
+
+def test_checkpoints_are_written_atomically_beside_their_target(tmp_path, monkeypatch):
+    from rlvr.state import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, target)
+    assert torch.load(target)["global_step"] == 1
+
+    def cut_short(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(OSError, match="No space left"):  # the run stops: no silent success
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target)["global_step"] == 1  # the old checkpoint, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # nothing half-written left behind
+
+
+def test_the_trainer_saves_through_the_atomic_writer(tmp_path):
+    from rlvr.state import AtomicCheckpointIO
+    from rlvr.train import build_trainer
+
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train")
+    assert isinstance(build_trainer(cfg, tmp_path, 1).strategy.checkpoint_io, AtomicCheckpointIO)

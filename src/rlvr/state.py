@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 
 
 def capture_rng() -> dict[str, Any]:
@@ -44,3 +47,22 @@ def check_finite(policy: torch.nn.Module) -> None:
     bad = [name for name, p in policy.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise FloatingPointError(f"{len(bad)} policy tensors hold NaN/inf (e.g. {bad[0]}): no checkpoint is written")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside it, then renames it into place. On the run directory's own
+    filesystem the rename is atomic, so a crash leaves the old checkpoint or the new one, never a truncated one
+    (Lightning's default stages the file in $TMPDIR and moves it across filesystems). A failed write raises."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.partial")
+        try:
+            with open(staged, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(staged, path)
+        finally:
+            staged.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from rlvr.algorithm import AlgorithmConfig
 from rlvr.metrics import METRICS_FILE
 from rlvr.module import RLVRModule
 from rlvr.options import check
+from rlvr.state import AtomicCheckpointIO
 
 # Checkpoints hold the state after the step's update, which is what resuming needs.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
@@ -88,6 +89,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: i
         check_val_every_n_epoch=None,
         logger=instantiate(cfg.logger, save_dir=str(run_dir)),
         callbacks=[checkpoint],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
 
