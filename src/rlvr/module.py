@@ -40,10 +40,11 @@ class RLVRModule(pl.LightningModule):
         self.max_steps, self.seed, self.val_batch_size = max_steps, seed, val_batch_size
         self.tokenizer = model.load_tokenizer()
         self.encode_prompts = PromptEncoder(data, self.tokenizer, bare=model.bare_prompts).batch
+        # Before the weights load: a bad data set fails in seconds, not after minutes of loading a 7B model.
+        train, self.val_examples = checked_splits(data, self.encode_prompts, guidance)  # lengths, overlap, guidability
         self.policy = model.load_policy()
         # In a list, so the frozen copy is neither saved in checkpoints nor seen by the optimizer.
         self._reference = [model.load_reference()] if loss.needs_reference else []
-        train, self.val_examples = checked_splits(data, self.encode_prompts, guidance)  # lengths, overlap, guidability
         self.prompts = PromptStream(train, algorithm.prompts_per_step, seed)
         self.val_accuracy = torchmetrics.MeanMetric()
         self._shuffle, self.nonfinite = torch.Generator().manual_seed(seed), NonFiniteGuard(algorithm.max_nonfinite_updates)

@@ -120,10 +120,10 @@ def checkpoint_step(ckpt_path: str) -> int:
 
 def metrics_before(ckpt_path: str | None, run_dir: Path) -> list[dict[str, str]]:
     """The rows of the run directory's metrics.csv logged before the checkpoint (later ones are logged again)."""
-    file = run_dir / METRICS_FILE
     if ckpt_path is None:
         return []
     step = checkpoint_step(ckpt_path)  # also checks the checkpoint before any model loads
+    file = run_dir / METRICS_FILE
     if not file.is_file():
         return []
     with file.open(newline="") as handle:
@@ -136,8 +136,9 @@ def continue_metrics(logger: Any, rows: list[dict[str, str]]) -> None:
         writer = logger.experiment  # created here: it removes the old file
         writer.metrics_keys = list(rows[0])
         with open(writer.metrics_file_path, "w", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=writer.metrics_keys).writeheader()
-            csv.DictWriter(handle, fieldnames=writer.metrics_keys).writerows(rows)
+            table = csv.DictWriter(handle, fieldnames=writer.metrics_keys)
+            table.writeheader()
+            table.writerows(rows)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
