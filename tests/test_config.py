@@ -1,5 +1,6 @@
 """Every option of every config group composes and builds, so no YAML rots; plugins found from outside."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def test_qwen_presets_share_one_base(option, path):
         base = compose("train", overrides=["model=qwen"])
     assert cfg.model.name_or_path == path
     assert {k: v for k, v in cfg.model.items() if k != "name_or_path"} == {k: v for k, v in base.model.items() if k != "name_or_path"}
-    assert (cfg.optimizer.lr, cfg.algorithm.micro_batch_size) == (1e-6, 4)
+    assert (cfg.optimizer.lr, cfg.algorithm.max_tokens_per_micro_batch) == (1e-6, 8192)
 
 
 @pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
@@ -90,6 +91,9 @@ def test_every_option_composes_and_builds(group, option):
         assert cfg.reward._target_.startswith("rlvr.rewards.")
         built = instantiate(node, **({"path": None} if "path" in node else {}))
         assert hasattr(built, "train") and hasattr(built, "val") and "{prompt}" in built.prompt_template
+    elif (group, option) == ("rollout", "vllm") and importlib.util.find_spec("vllm") is None:
+        with pytest.raises(Exception, match=r"rlvr\[vllm\]"):
+            instantiate(node)  # the optional extra is missing here: a clear error (tests/test_rollout_vllm.py)
     elif group not in NOT_BUILT:
         assert instantiate(node) is not None
 

@@ -87,10 +87,32 @@ def test_update_equals_a_plain_pytorch_ppo_step(tmp_path):
     assert_same_weights(after, expected, atol=1e-6)  # Adam magnifies float noise in near-zero gradients
 
 
-def test_micro_batches_give_the_same_step(tmp_path):
-    _, whole, *_ = fit_on_hand_batch(tmp_path / "whole")
-    _, split, *_ = fit_on_hand_batch(tmp_path / "split", "algorithm.micro_batch_size=3")
-    assert_same_weights(whole, split, atol=1e-7)
+def update_gradient(tmp_path, monkeypatch, *overrides):
+    """The policy's gradient at the step's clipping point (all micro-batches accumulated), as one vector."""
+    seen, clip = [], torch.nn.utils.clip_grad_norm_
+
+    def capture(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        seen.append(torch.cat([p.grad.flatten() for p in parameters]))
+        return clip(parameters, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
+    fit_on_hand_batch(tmp_path, *overrides)
+    return seen[0]
+
+
+@pytest.mark.parametrize("overrides", [
+    ("algorithm.micro_batch_size=3",),  # splits groups: 3 + 3 + 2 samples
+    ("algorithm.max_tokens_per_micro_batch=60",),  # by padded tokens, each micro-batch at its own width
+    ("algorithm.shared_prefix=false", "algorithm.micro_batch_size=3"),
+    ("algorithm.shared_prefix=false", "algorithm.max_tokens_per_micro_batch=60"),
+    ("algorithm.shared_prefix=true",),
+])
+def test_micro_batches_and_shared_prefix_give_the_same_gradient(tmp_path, monkeypatch, overrides):
+    plain = update_gradient(tmp_path / "plain", monkeypatch, "algorithm.shared_prefix=false")
+    other = update_gradient(tmp_path / "other", monkeypatch, *overrides)
+    assert plain.norm() > 0
+    assert (other - plain).norm() / plain.norm() < 1e-5
 
 
 @pytest.mark.parametrize("loss", ["ppo_clip", "gspo"])

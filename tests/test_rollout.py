@@ -5,6 +5,7 @@ import torch
 
 from rlvr.models.hf import HFModel
 from rlvr.rollout.hf import HFEngine
+from rlvr.tensors import pad_sequences
 
 TINY = HFModel("rlvr:tiny-arith")
 
@@ -64,3 +65,19 @@ def test_sampling_follows_the_seed_and_generate_restores_train_mode(policy_and_t
 def test_generate_before_update_weights_is_an_error():
     with pytest.raises(RuntimeError, match="update_weights"):
         HFEngine().generate([[1, 2]])
+
+
+def test_shared_prefill_gives_the_same_tokens_as_plain_generation(policy_and_tokenizer):
+    policy, tok = policy_and_tokenizer
+    # Groups of repeated prompts of different lengths, some with a guidance prefix (distinct rows).
+    texts = ["12+34+5="] * 4 + ["100+250+7+9="] * 3 + ["100+250+7+9=100+250=350;"] * 2 + ["5+6="]
+    rows = prompts(tok, texts)
+    for greedy in (True, False):
+        outputs = []
+        for shared in (True, False):
+            engine = engine_for(policy, tok, temperature=1.0, max_new_tokens=24, shared_prefix=shared)
+            torch.manual_seed(7)
+            outputs.append([(g.token_ids, g.finished) for g in engine.generate(rows, greedy=greedy)])
+        assert outputs[0] == outputs[1]
+    (cache,) = HFEngine._prefill_once(policy, *pad_sequences(rows, tok.pad_token_id)).values()
+    assert cache.layers[0].keys.shape[0] == len(rows)  # the prefill really ran, repeated to every row

@@ -7,6 +7,9 @@ import logging
 import math
 from dataclasses import dataclass
 
+from torch import Tensor
+
+from rlvr.batch import RolloutBatch
 from rlvr.options import check, choose
 
 log = logging.getLogger(__name__)
@@ -18,6 +21,8 @@ class AlgorithmConfig:
     ppo_epochs: int = 1  # passes over each roll-out batch
     mini_batches: int = 1  # optimizer steps per pass
     micro_batch_size: int | None = None  # gradient accumulation inside a mini-batch (memory only; same gradient)
+    max_tokens_per_micro_batch: int | None = None  # ...and a budget of padded tokens per forward pass (memory only)
+    shared_prefix: bool = True  # each distinct prompt runs once per forward pass, its keys/values shared by its group
     max_grad_norm: float | None = 1.0
     truncation: str = "keep"  # keep: score truncated completions as they are; mask: leave them out of the loss
     max_nonfinite_updates: int = 3  # updates in a row with a NaN/inf loss or gradient (each skipped) before the run stops
@@ -27,6 +32,7 @@ class AlgorithmConfig:
         check("algorithm.ppo_epochs", self.ppo_epochs, integer=True, low=1)
         check("algorithm.mini_batches", self.mini_batches, integer=True, low=1)
         check("algorithm.micro_batch_size", self.micro_batch_size, integer=True, low=1, optional=True)
+        check("algorithm.max_tokens_per_micro_batch", self.max_tokens_per_micro_batch, integer=True, low=1, optional=True)
         check("algorithm.max_grad_norm", self.max_grad_norm, low=0, low_open=True, optional=True)
         check("algorithm.max_nonfinite_updates", self.max_nonfinite_updates, integer=True, low=1)
         self.mask_truncated: bool = choose("algorithm.truncation", self.truncation, {"keep": False, "mask": True})
@@ -34,6 +40,16 @@ class AlgorithmConfig:
     @property
     def optimizer_steps_per_rollout(self) -> int:
         return self.ppo_epochs * self.mini_batches
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """One pass, one optimizer step: the policy that sampled is the one being scored, so the old log-probs
+        are the new ones detached (ratio 1, same gradient) and their forward pass is skipped."""
+        return self.optimizer_steps_per_rollout > 1
+
+    def micro_batches(self, batch: RolloutBatch) -> list[Tensor]:
+        """How `batch` is split into forward passes: by micro_batch_size and max_tokens_per_micro_batch."""
+        return batch.micro_batches(self.micro_batch_size, self.max_tokens_per_micro_batch, self.shared_prefix)
 
 
 class NonFiniteGuard:

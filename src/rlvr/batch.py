@@ -101,6 +101,47 @@ class RolloutBatch:
                 out[f.name] = [value[i] for i in positions]
         return replace(self, **out, metrics={})
 
+    def trimmed(self) -> RolloutBatch:
+        """The same samples without the padding columns none of them uses (a micro-batch of short samples
+        runs at its own width, not the whole batch's)."""
+        used_prompt = self.prompt_mask.any(0).nonzero()
+        start = int(used_prompt[0]) if len(used_prompt) else self.prompt_mask.shape[1]
+        used_completion = self.token_mask.any(0).nonzero()
+        end = max(1, int(used_completion[-1]) + 1 if len(used_completion) else 1)  # keep one column, as build_rollout_batch
+        out = {name: getattr(self, name)[:, start:] for name in PROMPT_FIELDS}
+        out.update({name: getattr(self, name)[:, :end] for name in COMPLETION_FIELDS if getattr(self, name) is not None})
+        return replace(self, **out)
+
+    def micro_batches(self, max_samples: int | None, max_tokens: int | None, shared_prefix: bool) -> list[Tensor]:
+        """Consecutive runs of samples (indices), each at most `max_samples` samples and `max_tokens` padded
+        tokens (see micro_batch_tokens); a single sample over the budget runs alone."""
+        prompt_len = self.prompt_mask.sum(-1).tolist()
+        completion_len = self.token_mask.sum(-1).clamp(min=1).tolist()
+        groups = self.group_ids.tolist()
+        runs: list[list[int]] = [[]]
+        for i in range(self.num_samples):
+            candidate = runs[-1] + [i]
+            cost = micro_batch_tokens([prompt_len[j] for j in candidate], [completion_len[j] for j in candidate],
+                                      [groups[j] for j in candidate], shared_prefix)
+            if runs[-1] and ((max_samples and len(candidate) > max_samples) or (max_tokens and cost > max_tokens)):
+                runs.append([i])
+            else:
+                runs[-1] = candidate
+        return [torch.tensor(run, dtype=torch.long) for run in runs if run]
+
+
+PROMPT_FIELDS = ("prompt_ids", "prompt_mask")  # [N, P]
+COMPLETION_FIELDS = ("completion_ids", "token_mask", "loss_mask", "old_logprobs", "ref_logprobs", "advantages")  # [N, C]
+
+
+def micro_batch_tokens(prompt_lens: list[int], completion_lens: list[int], groups: list[int], shared_prefix: bool) -> int:
+    """Padded tokens one forward pass over these samples runs: every sample at the longest prompt plus the
+    longest completion; with a shared prefix, each group's prompt once plus every completion."""
+    longest_prompt, longest_completion = max(prompt_lens), max(completion_lens)
+    if shared_prefix:
+        return len(set(groups)) * longest_prompt + len(completion_lens) * longest_completion
+    return len(completion_lens) * (longest_prompt + longest_completion)
+
 
 def completion_loss_mask(
     token_mask: Tensor,

@@ -8,14 +8,46 @@ cells of the metrics that call did not log left empty; `read_metrics` keeps only
 from __future__ import annotations
 
 import csv
+import re
+import resource
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rlvr.batch import RolloutBatch
 
 SHOWN = ("train/reward", "train/accuracy")  # on the progress bar
+
+
+class PeakMemory:
+    """Peak memory of one step, in GB (1e9 bytes): CUDA's max allocated on a GPU; on CPU the process's peak
+    resident set (Linux VmHWM, reset each step through /proc/self/clear_refs; where that file cannot be
+    written, the peak since the process started)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            pass  # no reset: the value read is the process's peak so far, an upper bound of the step's
+
+    def gb(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 1e9
+        try:
+            with open("/proc/self/status") as handle:
+                return int(re.search(r"VmHWM:\s+(\d+) kB", handle.read()).group(1)) * 1024 / 1e9
+        except (OSError, AttributeError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from rlvr.data.stream import PromptStream, StepCounter
 from rlvr.guidance.base import Guidance
 from rlvr.logprobs import batch_logprobs, completion_logits, entropy_from_logits, token_logprobs
 from rlvr.losses.base import PolicyLoss
-from rlvr.metrics import SHOWN, plugin_metrics, step_metrics, timed
+from rlvr.metrics import SHOWN, PeakMemory, plugin_metrics, step_metrics, timed
 from rlvr.models.hf import HFModel
 from rlvr.rewards.base import Reward
 from rlvr.rollout.base import RolloutEngine
@@ -53,6 +53,7 @@ class RLVRModule(pl.LightningModule):
     # ---- the training step -------------------------------------------------------------------
     def training_step(self, _step: int) -> None:
         timings: dict[str, float] = {}
+        self.peak_memory.reset()
         with timed(timings, "rollout"):
             batch = self.roll_out(self.prompts.next(self.global_rank, self.trainer.world_size)).to(self.device)
         with timed(timings, "reward"):
@@ -61,9 +62,11 @@ class RLVRModule(pl.LightningModule):
         with timed(timings, "advantage"):
             batch.advantages = self.advantage(batch)
         with timed(timings, "update"):
-            batch.old_logprobs = batch_logprobs(self.policy, batch, self.logprob_temperature, self.algorithm.micro_batch_size)
+            passes, algo = self.algorithm.micro_batches(batch), self.algorithm
+            if algo.needs_old_logprobs:  # else the update's own log-probs, detached, are the old ones
+                batch.old_logprobs = batch_logprobs(self.policy, batch, self.logprob_temperature, passes, algo.shared_prefix)
             if self._reference:
-                batch.ref_logprobs = batch_logprobs(self._reference[0], batch, self.logprob_temperature, self.algorithm.micro_batch_size)
+                batch.ref_logprobs = batch_logprobs(self._reference[0], batch, self.logprob_temperature, passes, algo.shared_prefix)
             update_stats = self.update(batch)
         self.rollout_engine.update_weights(self.policy)
         self.guidance.observe(batch)
@@ -87,10 +90,10 @@ class RLVRModule(pl.LightningModule):
         for _epoch in range(algo.ppo_epochs):
             order = torch.randperm(batch.num_samples, generator=self._shuffle)
             for mini_index in order.tensor_split(algo.mini_batches):  # exactly the configured optimizer steps
-                mini = batch.select(mini_index)
+                mini = batch.select(mini_index.sort().values)  # in batch order: a group's samples share forward passes
                 stats: dict[str, float] = {}
-                for micro_index in torch.arange(len(mini_index)).split(algo.micro_batch_size or len(mini_index)):
-                    micro = mini.select(micro_index)
+                for micro_index in algo.micro_batches(mini):
+                    micro = mini.select(micro_index).trimmed()
                     loss, micro_stats = self.micro_loss(micro)
                     weight = self.loss.micro_batch_weight(micro.loss_mask, mini.loss_mask)
                     self.manual_backward(loss * weight)
@@ -106,9 +109,10 @@ class RLVRModule(pl.LightningModule):
         return {key: value / algo.optimizer_steps_per_rollout for key, value in totals.items()}
 
     def micro_loss(self, micro: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = completion_logits(self.policy, micro)
+        logits = completion_logits(self.policy, micro, self.algorithm.shared_prefix)
         logprobs = token_logprobs(logits, micro.completion_ids, self.logprob_temperature)
-        loss, stats = self.loss(logprobs, micro.old_logprobs, micro.advantages, micro.loss_mask, micro.ref_logprobs)
+        old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        loss, stats = self.loss(logprobs, old, micro.advantages, micro.loss_mask, micro.ref_logprobs)
         with torch.no_grad():
             stats["entropy"] = masked_mean(entropy_from_logits(logits, self.logprob_temperature), micro.loss_mask)
         return loss, stats
@@ -120,7 +124,7 @@ class RLVRModule(pl.LightningModule):
     def log_step(self, batch: RolloutBatch, update: dict[str, float], timings: dict[str, float], reward_errors: int) -> None:
         metrics = step_metrics(batch, update, timings, **{"train/reward_errors": float(reward_errors),
             "train/lr": self.lr_schedulers().get_last_lr()[0], "train/prompts_consumed": float(self.prompts.position),
-            "train/skipped_updates": float(self.nonfinite.skipped)})
+            "train/skipped_updates": float(self.nonfinite.skipped), "memory/peak_gb": self.peak_memory.gb()})
         self.log_dict({k: v for k, v in metrics.items() if k not in SHOWN}, on_step=True, sync_dist=True)
         self.log_dict({k: metrics[k] for k in SHOWN}, on_step=True, prog_bar=True, sync_dist=True)
         # Plugins may log a key on some ranks only (e.g. no guided sample there): reducing them key by key
@@ -141,6 +145,7 @@ class RLVRModule(pl.LightningModule):
         self.rollout_engine.update_weights(self.policy, self.tokenizer)
 
     def on_fit_start(self) -> None:
+        self.peak_memory = PeakMemory(self.device)
         for reference in self._reference:
             reference.to(self.device)
 

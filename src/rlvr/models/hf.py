@@ -112,6 +112,20 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """No dropout in the policy: with it, the sampling policy and the scored one differ by a random mask, and
+    an exactly on-policy step sees ratios far from 1 (what TRL's `disable_dropout` fixes too)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout", "hidden_dropout"):  # rates that attention functions read as floats
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    for name, value in model.config.to_dict().items():
+        if "dropout" in name and isinstance(value, float):
+            setattr(model.config, name, 0.0)
+
+
 class HFModel:
     """A causal LM loadable by `transformers`: the policy, its frozen reference copy and its tokenizer."""
 
@@ -165,12 +179,13 @@ class HFModel:
             kwargs["attn_implementation"] = self.attn_implementation
         model = from_hub(AutoModelForCausalLM.from_pretrained, self.path, "model.name_or_path", **kwargs)
         if self.gguf_file:  # dequantised to `dtype` on load: nothing quantised is left, so it saves as a plain model
-            model.hf_quantizer = None
+            model.hf_quantizer, model.is_quantized = None, False
             model.config.__dict__.pop("quantization_config", None)
         return model
 
     def load_policy(self) -> torch.nn.Module:
         model = self._load(self.dtype)
+        disable_dropout(model)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False  # generation turns the cache back on in eval mode

