@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from rlvr import slurm
 from rlvr.algorithm import AlgorithmConfig
 from rlvr.metrics import METRICS_FILE
 from rlvr.module import RLVRModule
@@ -29,6 +33,7 @@ from rlvr.state import AtomicCheckpointIO
 
 # Checkpoints hold the state after the step's update, which is what resuming needs.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+log = logging.getLogger(__name__)
 
 
 def check_run_options(cfg: DictConfig, algorithm: AlgorithmConfig) -> None:
@@ -71,7 +76,7 @@ def build_module(cfg: DictConfig) -> RLVRModule:
     )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: int) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: int, callbacks: list | None = None) -> pl.Trainer:
     # Lightning counts optimizer steps in manual optimisation; rlvr's config counts roll-out steps.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -88,20 +93,28 @@ def build_trainer(cfg: DictConfig, run_dir: Path, optimizer_steps_per_rollout: i
         val_check_interval=cfg.val_every,
         check_val_every_n_epoch=None,
         logger=instantiate(cfg.logger, save_dir=str(run_dir)),
-        callbacks=[checkpoint],
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[*(callbacks or []), checkpoint],
+        plugins=[AtomicCheckpointIO(), *slurm.lightning_plugins()],
         default_root_dir=str(run_dir),
     )
 
 
-def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def resume_checkpoint(ckpt_path: str | None, run_dir: Path, restarted: bool = False) -> str | None:
     """The checkpoint to resume from; "auto": the run directory's own last.ckpt (none yet: a fresh run).
-    A fresh run refuses a run directory that already holds a run: it would overwrite its metrics and checkpoints."""
+    A fresh run refuses a run directory that already holds a run: it would overwrite its metrics and checkpoints.
+    A restarted (requeued) Slurm job is the same run again: its own last.ckpt wins over ckpt_path, and without
+    one it starts over in its directory."""
+    last = last_checkpoint(run_dir)
+    if restarted and last.is_file():
+        return str(last)
     if ckpt_path == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.is_file() else None
     held = [p.name for p in (run_dir / METRICS_FILE, run_dir / "checkpoints") if p.exists()]
-    if ckpt_path is None and held:
+    if ckpt_path is None and held and not restarted:
         raise FileExistsError(f"run directory {run_dir} already holds a run ({', '.join(held)}); a fresh run would overwrite it. "
                               "Resume it with ckpt_path=auto, or give the new run its own hydra.run.dir")
     return ckpt_path
@@ -131,8 +144,9 @@ def metrics_before(ckpt_path: str | None, run_dir: Path) -> list[dict[str, str]]
 
 
 def continue_metrics(logger: Any, rows: list[dict[str, str]]) -> None:
-    """Put the earlier rows back in front of what the resumed run logs (the CSV logger deletes the file it finds)."""
-    if rows and isinstance(logger, CSVLogger):
+    """Put the earlier rows back in front of what the resumed run logs (the CSV logger deletes the file it finds).
+    Rank 0 only: the others' logger has no file (a resumed DDP run failed here on rank 1)."""
+    if rows and isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
         writer = logger.experiment  # created here: it removes the old file
         writer.metrics_keys = list(rows[0])
         with open(writer.metrics_file_path, "w", newline="") as handle:
@@ -141,30 +155,63 @@ def continue_metrics(logger: Any, rows: list[dict[str, str]]) -> None:
             table.writerows(rows)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def latest_values(rows: list[dict[str, str]]) -> dict[str, float]:
+    """Each metric's last logged value in metrics.csv rows."""
+    latest = {}
+    for row in rows:
+        latest.update({k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("step", "epoch")})
+    return latest
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Run training; returns each metric's latest value (the run's earlier rows, validation before training, fit)."""
+    # First: Slurm's signal may come while the model loads; it is acted on at the first step's end.
+    requeue = slurm.RequeueOnSignal(last_checkpoint(run_dir)).install() if slurm.submitit_job() else None
     pl.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
+    restarted = slurm.restarted()
+    ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir, restarted=restarted)
+    if restarted:
+        log.info(f"Slurm restart {os.environ['SLURM_RESTART_COUNT']}: " + (f"resuming from {ckpt_path}" if ckpt_path else "no checkpoint yet, starting over"))
     history = metrics_before(ckpt_path, run_dir)
+    latest = latest_values(history)
     module = build_module(cfg)
-    trainer = build_trainer(cfg, run_dir, module.algorithm.optimizer_steps_per_rollout)
+    trainer = build_trainer(cfg, run_dir, module.algorithm.optimizer_steps_per_rollout, callbacks=[requeue] if requeue else [])
     continue_metrics(trainer.logger, history)
     if ckpt_path is None:
         trainer.validate(module, verbose=False)  # the "before" point of the val/accuracy curve (greedy: no RNG drawn)
+        latest.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     trainer.fit(module, ckpt_path=ckpt_path)
+    latest.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if cfg.export_policy and trainer.is_global_zero:
         policy = module.policy
         if hasattr(policy, "merge_and_unload"):  # LoRA: fold the adapters in, so the folder is a plain HF model
             policy = policy.merge_and_unload()
         policy.save_pretrained(run_dir / "policy")
         module.tokenizer.save_pretrained(run_dir / "policy")
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return latest
 
 
 @hydra.main(version_base="1.3", config_path="pkg://rlvr.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return metrics.get("val/accuracy")  # what a Hydra sweeper optimises
+    """Returns what a Hydra sweeper optimises: the latest value of sweep_metric (default val/accuracy)."""
+    try:
+        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except Exception:
+        if slurm.submitit_job():
+            slurm.fail_job()  # exit 1: FAILED in Slurm, the traceback in the job's log
+        raise
+    return sweep_value(metrics, cfg.get("sweep_metric", "val/accuracy"))
+
+
+def sweep_value(metrics: dict[str, float], name: str) -> float | None:
+    if name not in metrics:
+        log.warning(f"sweep_metric={name!r} was never logged; a sweeper gets None. Logged: {', '.join(sorted(metrics))}")
+    return metrics.get(name)
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not __main__'s: submitit pickles the task for a Slurm job, and what main
+    # calls is then imported there, not copied by value (a job's traceback names the real files and lines).
+    from rlvr.train import main as importable_main
+
+    importable_main()

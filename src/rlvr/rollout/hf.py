@@ -46,7 +46,7 @@ class HFEngine(RolloutEngine):
         pad_id = pad_token_id(tok)
         input_ids, attention = pad_sequences(prompts, pad_id, side="left")
         width = input_ids.shape[1]
-        eos_ids = _eos_ids(tok, model)
+        eos_ids = stop_token_ids(tok, model)
         greedy = greedy or self.temperature == 0
         was_training = model.training
         model.eval()
@@ -92,7 +92,7 @@ class HFEngine(RolloutEngine):
         return {name: expanded_cache(cache, inverse)}
 
 
-def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+def stop_token_ids(tokenizer: Any, model: Any) -> set[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(configured, int):

@@ -22,7 +22,7 @@ import torch
 from rlvr.models.hf import check_dtype, resolve_dtype
 from rlvr.options import check
 from rlvr.rollout.base import Generation, RolloutEngine
-from rlvr.rollout.hf import _eos_ids
+from rlvr.rollout.hf import stop_token_ids
 from rlvr.state import capture_rng, restore_rng
 
 INSTALL = (
@@ -168,7 +168,7 @@ class VLLMEngine(RolloutEngine):
         if not prompt_ids:
             return []
         self._wake()
-        eos_ids = _eos_ids(self.tokenizer, self.policy)
+        eos_ids = stop_token_ids(self.tokenizer, self.policy)
         greedy = greedy or self.temperature == 0
         # The same distribution as rollout=hf: plain temperature and top-p, no top-k, no penalties; stop on the same EOS ids.
         params = self.vllm.SamplingParams(
