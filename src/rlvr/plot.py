@@ -105,6 +105,39 @@ def plot_runs(
     return out
 
 
+Band = tuple[list[float], list[float], list[float], list[float]]  # steps, mean, low, high
+
+
+def plot_bands(panels: list[tuple[str, dict[str, Band]]], out: str | Path, note: str = "") -> Path:
+    """One subplot per (title, {label: (steps, mean, low, high)}): each label's mean line over its shaded band,
+    in one colour per label across subplots (rlvr.compare's mean-over-seeds curves); `note` goes under the titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not panels:
+        raise ValueError("plot_bands needs at least one panel")
+    labels = list(dict.fromkeys(label for _, lines in panels for label in lines))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, panels):
+        for label, (steps, mean, low, high) in lines.items():
+            colour = f"C{labels.index(label) % 10}"
+            sparse = len(steps) < 20  # validation points: markers show where the measurements are
+            ax.plot(steps, mean, label=label, color=colour, marker="o" if sparse else None, markersize=3)
+            ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+        ax.set_title(f"{title}\n{note}" if note else title, fontsize="medium")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rlvr.plot", description="Plot training curves of one or more rlvr runs.")
     parser.add_argument("run_dirs", nargs="+", help="run directories holding metrics.csv; several are overlaid")
