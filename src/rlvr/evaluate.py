@@ -2,6 +2,7 @@
 
     python -m rlvr.evaluate model=tiny model.name_or_path=outputs/run/policy eval.k=4
     python -m rlvr.evaluate ckpt=outputs/run/checkpoints/last.ckpt model=qwen0.5b data=math500 eval.k=8 eval.n=16
+    python -m rlvr.evaluate model=smollm2_135m data=humaneval eval.n=0   # greedy pass@1 only (code runs in the sandbox)
 
 Writes a JSON report (eval.output, default <hydra run dir>/eval.json) and prints a small table.
 """
@@ -68,20 +69,27 @@ def load_checkpoint_weights(policy: torch.nn.Module, path: str | Path) -> None:
 
 
 def score_problems(
-    examples: list[Example], encode: PromptEncoder, tokenizer: Any, engine: Any, reward: Any, n: int, chunk: int
+    examples: list[Example], encode: PromptEncoder, tokenizer: Any, engine: Any, reward: Any, n: int, chunk: int,
+    tally: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per problem: how many of n samples are correct, and whether the greedy completion is."""
+    """Per problem: how many of n samples are correct (n = 0: none are drawn, "correct" is None), and whether the
+    greedy completion is. Samples the reward could not score (scored 0 under reward.on_error=zero) are added to
+    tally["reward_errors"] when a tally is given."""
     results = []
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
         prompts = encode.batch(part)
-        sampled = engine.generate([p for p in prompts for _ in range(n)])
         greedy = engine.generate(prompts, greedy=True)
-        _, sampled_correct, _ = reward(_decode(tokenizer, sampled), [e for e in part for _ in range(n)])
-        _, greedy_correct, _ = reward(_decode(tokenizer, greedy), part)
-        per_problem = sampled_correct.view(len(part), n).sum(-1)
+        _, greedy_correct, errors = reward(_decode(tokenizer, greedy), part)
+        per_problem = [None] * len(part)
+        if n:
+            sampled = engine.generate([p for p in prompts for _ in range(n)])
+            _, sampled_correct, sampled_errors = reward(_decode(tokenizer, sampled), [e for e in part for _ in range(n)])
+            per_problem, errors = [int(c) for c in sampled_correct.view(len(part), n).sum(-1)], errors + sampled_errors
+        if tally is not None:
+            tally["reward_errors"] = tally.get("reward_errors", 0) + errors
         for i, example in enumerate(part):
-            results.append({"id": example.id, "correct": int(per_problem[i]), "greedy_correct": bool(greedy_correct[i])})
+            results.append({"id": example.id, "correct": per_problem[i], "greedy_correct": bool(greedy_correct[i])})
         log.info("evaluated %d / %d problems", start + len(part), len(examples))
     return results
 
@@ -91,21 +99,25 @@ def _decode(tokenizer: Any, generations: list[Any]) -> list[str]:
 
 
 def summarise(problems: list[dict[str, Any]], n: int, k: int) -> dict[str, Any]:
+    """Greedy pass@1, and over the n samples pass@1 and unbiased pass@k (None when n = 0: greedy only)."""
     count = len(problems)
     return {
         "num_problems": count,
         "n": n,
         "k": k,
         "greedy_pass@1": sum(p["greedy_correct"] for p in problems) / count,
-        "pass@1": sum(p["correct"] for p in problems) / (count * n),
-        "pass@k": sum(pass_at_k(n, p["correct"], k) for p in problems) / count,
+        "pass@1": sum(p["correct"] for p in problems) / (count * n) if n else None,
+        "pass@k": sum(pass_at_k(n, p["correct"], k) for p in problems) / count if n else None,
     }
 
 
 def format_table(results: dict[str, dict[str, Any]], k: int) -> str:
+    def cell(value: float | None, width: int) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
+
     header = f"{'data':<14}{'problems':>9}{'n':>5}{'k':>5}{'greedy@1':>10}{'pass@1':>9}{f'pass@{k}':>9}"
     rows = [
-        f"{name:<14}{r['num_problems']:>9}{r['n']:>5}{r['k']:>5}{r['greedy_pass@1']:>10.3f}{r['pass@1']:>9.3f}{r['pass@k']:>9.3f}"
+        f"{name:<14}{r['num_problems']:>9}{r['n']:>5}{r['k']:>5}{cell(r['greedy_pass@1'], 10)}{cell(r['pass@1'], 9)}{cell(r['pass@k'], 9)}"
         for name, r in results.items()
     ]
     return "\n".join([header, *rows])
@@ -116,8 +128,9 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     n = k if cfg.eval.n is None else cfg.eval.n
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"eval.k must be an integer >= 1, got {k!r}")
-    if not isinstance(n, int) or n < k:
-        raise ValueError(f"eval.n must be an integer >= eval.k={k} (the estimator draws k of the n samples), got {n!r}")
+    if not isinstance(n, int) or (n < k and n != 0):
+        raise ValueError(f"eval.n must be an integer >= eval.k={k} (the estimator draws k of the n samples), or 0 for "
+                         f"greedy decoding only, got {n!r}")
     limit = cfg.eval.limit
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"eval.limit must be a positive integer or null, got {limit!r}")
@@ -137,9 +150,12 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     examples = data.val()[:limit]
     if not examples:
         raise ValueError(f"data {data.name!r}: val() returned no problems")
-    chunk = max(1, engine.batch_size // n)  # about one generate batch of samples per step
-    problems = score_problems(examples, PromptEncoder(data, tokenizer, model.bare_prompts), tokenizer, engine, reward, n, chunk)
+    chunk = max(1, engine.batch_size // max(n, 1))  # about one generate batch of samples per step
+    tally: dict[str, int] = {}
+    problems = score_problems(examples, PromptEncoder(data, tokenizer, model.bare_prompts), tokenizer, engine, reward, n, chunk, tally)
     results = {data.name: summarise(problems, n, k)}
+    if tally.get("reward_errors"):
+        log.warning("%d completions could not be scored (reward.on_error=zero scored them 0)", tally["reward_errors"])
 
     report = {
         "model": model.name_or_path,
@@ -148,6 +164,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "max_new_tokens": engine.max_new_tokens,
         "seed": cfg.seed,
         "results": results,
+        "reward_errors": {data.name: tally.get("reward_errors", 0)},
         "problems": {data.name: problems},
     }
     output = Path(cfg.eval.output) if cfg.eval.output is not None else run_dir / "eval.json"
@@ -162,7 +179,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg))
     report = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return next(iter(report["results"].values()))["pass@k"]
+    result = next(iter(report["results"].values()))
+    return result["greedy_pass@1"] if result["pass@k"] is None else result["pass@k"]
 
 
 if __name__ == "__main__":

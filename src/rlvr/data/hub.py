@@ -1,4 +1,4 @@
-"""Math word-problem sets loaded with `datasets`: GSM8K and MATH-500.
+"""Data sets loaded with `datasets`: the shared loading and row checks (HubTask, OneSplitTask), GSM8K and MATH-500.
 
 Each loads from the Hugging Face hub by name, or from a local directory of JSON-lines files named after
 the splits (`train.jsonl`, `test.jsonl`), the same rows offline. Rows are checked as they are converted:
@@ -7,6 +7,7 @@ a missing field is an error naming where it came from, never a silently empty ex
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -22,10 +23,10 @@ _CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <
 
 
 def read_jsonl(file: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file (blank lines skipped); bytes that are not UTF-8, a line that is not
-    a JSON object, or a file with no rows is an error naming the file and the line."""
+    """The JSON objects of a JSON-lines file, gzipped when it ends in .gz (blank lines skipped); bytes that are not
+    UTF-8, a line that is not a JSON object, or a file with no rows is an error naming the file and the line."""
     rows = []
-    with open(file, "rb") as handle:
+    with (gzip.open if Path(file).suffix == ".gz" else open)(file, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -169,11 +170,54 @@ class GSM8K(HubTask):
         return self.first(self.val_split, self.val_size, "val_size")
 
 
-class MATH500(HubTask):
+class OneSplitTask(HubTask):
+    """A data set with a single split: validation is its last `val_size` rows, training the rows before them
+    (the first `train_size` of those; null: all), so the two never overlap. `path` is a directory holding
+    `<split>.jsonl`, or one JSON-lines file (`.jsonl`, `.jsonl.gz`) holding the split."""
+
+    def __init__(self, path: str | None, hub_name: str, hub_config: str | None, split: str, train_size: int | None, val_size: int,
+                 prompt_template: str, use_chat_template: bool, max_new_tokens: int, max_prompt_tokens: int | None, long_prompts: str):
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
+        check("data.train_size", train_size, integer=True, low=0, optional=True)
+        check("data.val_size", val_size, integer=True, low=0)
+        self.split, self.train_size, self.val_size = split, train_size, val_size
+
+    def source(self, split: str) -> str:
+        if self.path is not None and self.path.is_file():
+            return str(self.path)
+        return super().source(split)
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        if self.path is not None and self.path.is_file() and split not in self._splits:
+            self._splits[split] = read_jsonl(self.path)
+        return super().rows(split)
+
+    def _cut(self) -> int:
+        """Index of the first validation row."""
+        total = len(self.rows(self.split))
+        if self.val_size > total:
+            raise ValueError(f"{self.name}: val_size={self.val_size} but split {self.split!r} of {self.source(self.split)} has {total} rows")
+        cut = total - self.val_size
+        if self.train_size is not None and self.train_size > cut:
+            raise ValueError(
+                f"{self.name}: train_size={self.train_size} but only {cut} rows of split {self.split!r} "
+                f"are left for training after the last val_size={self.val_size}"
+            )
+        return cut
+
+    def train(self) -> list[Example]:
+        cut = self._cut()
+        return self.examples(self.split, 0, cut if self.train_size is None else self.train_size)
+
+    def val(self) -> list[Example]:
+        cut = self._cut()
+        return self.examples(self.split, cut, cut + self.val_size)
+
+
+class MATH500(OneSplitTask):
     """MATH-500, the 500-problem test subset of MATH; the answer is the dataset's `answer` field.
 
-    It has a single split, so train and validation are a deterministic disjoint cut of it: validation is
-    the last `val_size` rows, training is the rows before them (the first `train_size` of those; null: all).
+    It has a single split, so train and validation are a deterministic disjoint cut of it (see OneSplitTask).
     Reference steps are the LaTeX solution split with `split_steps(solution, "latex")`.
     """
 
@@ -193,23 +237,8 @@ class MATH500(HubTask):
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
     ):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
-        check("data.train_size", train_size, integer=True, low=0, optional=True)
-        check("data.val_size", val_size, integer=True, low=0)
-        self.split, self.train_size, self.val_size = split, train_size, val_size
-
-    def _cut(self) -> int:
-        """Index of the first validation row."""
-        total = len(self.rows(self.split))
-        if self.val_size > total:
-            raise ValueError(f"{self.name}: val_size={self.val_size} but split {self.split!r} of {self.source(self.split)} has {total} rows")
-        cut = total - self.val_size
-        if self.train_size is not None and self.train_size > cut:
-            raise ValueError(
-                f"{self.name}: train_size={self.train_size} but only {cut} rows of split {self.split!r} "
-                f"are left for training after the last val_size={self.val_size}"
-            )
-        return cut
+        super().__init__(path, hub_name, hub_config, split, train_size, val_size, prompt_template, use_chat_template, max_new_tokens,
+                         max_prompt_tokens, long_prompts)
 
     def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
         problem = self.field(row, "problem", split, index)
@@ -231,11 +260,3 @@ class MATH500(HubTask):
                 "level": row.get("level"),
             },
         )
-
-    def train(self) -> list[Example]:
-        cut = self._cut()
-        return self.examples(self.split, 0, cut if self.train_size is None else self.train_size)
-
-    def val(self) -> list[Example]:
-        cut = self._cut()
-        return self.examples(self.split, cut, cut + self.val_size)
