@@ -189,3 +189,23 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run(tmp_path, monkeypatch
     cfg, module, _ = module_on_hand_batch("checkpoint_every=1")
     with pytest.raises(OSError, match="No space left on device: .*step000001.ckpt"):
         build_trainer(cfg, tmp_path, 1).fit(module)
+
+
+class Measured:
+    """A reward that reports what it measured, as reward=code reports its sandbox time."""
+
+    def __init__(self, reward):
+        self.reward, self.last_metrics = reward, {}
+
+    def __call__(self, texts, examples):
+        self.last_metrics = {"reward/seconds": 0.25}
+        return self.reward(texts, examples)
+
+
+def test_what_the_reward_measured_is_logged_with_its_step(tmp_path):
+    from rlvr.metrics import read_metrics
+
+    cfg, module, _ = module_on_hand_batch()
+    module.reward = Measured(module.reward)
+    build_trainer(cfg, tmp_path, module.algorithm.optimizer_steps_per_rollout).fit(module)
+    assert [row["reward/seconds"] for row in read_metrics(tmp_path) if "reward/seconds" in row] == [0.25]

@@ -59,6 +59,7 @@ class RLVRModule(pl.LightningModule):
         with timed(timings, "reward"):
             rewards, correct, reward_errors = self.reward(batch.completion_texts, batch.examples)
             batch.rewards, batch.correct = rewards.to(self.device), correct.to(self.device)
+            batch.metrics.update(self.reward.last_metrics)
         with timed(timings, "advantage"):
             batch.advantages = self.advantage(batch)
         with timed(timings, "update"):

@@ -32,6 +32,7 @@ class Reward(ABC):
     def __init__(self, on_error: str = "raise"):
         self.on_error = on_error
         self._raise_errors = choose("reward.on_error", on_error, {"raise": True, "zero": False})
+        self.last_metrics: dict[str, float] = {}  # what the last call measured (e.g. reward/seconds), logged with its step
 
     @abstractmethod
     def score(self, completion: str, example: Example) -> Score: ...
