@@ -14,7 +14,7 @@ fi
 # The same isolation the sandbox asks for, as the user it runs as when rlvr runs as root (uid 65534).
 as_user=()
 [ "$(id -u)" = 0 ] && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
-"${as_user[@]}" bwrap --unshare-all --unshare-user --disable-userns --die-with-parent --new-session --cap-drop ALL \
+"${as_user[@]}" bwrap --unshare-all --unshare-user --disable-userns --as-pid-1 --die-with-parent --new-session --cap-drop ALL \
   --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 \
   --dev /dev --proc /proc --tmpfs /tmp --remount-ro / --clearenv \
-  /usr/bin/python3 -I -S -c 'import os; assert os.getpid() == 2; print("bubblewrap sandbox: ok")'
+  /usr/bin/python3 -I -S -c 'import os; assert os.getpid() == 1; print("bubblewrap sandbox: ok")'

@@ -22,7 +22,7 @@ from rlvr.rewards.harness import decode, encode
 from rlvr.rewards.sandbox import STARTUP_SECONDS, Sandbox, SandboxError
 
 TIMEOUT = 1.5  # wall seconds per program (per input for stdin/stdout runs)
-LIMITS = {"timeout_seconds": TIMEOUT, "cpu_seconds": 1, "memory_mb": 256, "max_processes": 16, "max_file_mb": 1, "tmp_mb": 8, "max_output_kb": 64}
+LIMITS = {"timeout_seconds": TIMEOUT, "cpu_seconds": 1, "memory_mb": 256, "max_processes": 8, "max_file_mb": 1, "tmp_mb": 8, "max_output_kb": 64}
 # A run may take its time limit, the sandbox's start-up allowance, and a margin for a busy machine.
 DEADLINE = TIMEOUT + STARTUP_SECONDS + 2.0
 SANDBOX_UID = 65534
@@ -123,8 +123,8 @@ HOSTILE = {
     "os._exit(0) at load": "import os\nos._exit(0)\n",
     "exit(0) in the call": "import sys\ndef f():\n    sys.exit(0)\n",
     "os._exit(0) in the call": "import os\ndef f():\n    os._exit(0)\n",
-    "kills its judge": "import os, signal\ndef f():\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 1\n",
-    "kills every process it can": "import os, signal\ndef f():\n    os.kill(-1, signal.SIGKILL)\n    return 1\n",
+    "kills its judge": "import os, signal\ndef f():\n    for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGTERM):\n        os.kill(os.getppid(), sig)\n    return 0\n",
+    "kills every process it can": "import os, signal\ndef f():\n    os.kill(-1, signal.SIGKILL)\n    return 0\n",
     "crashes the interpreter": "import ctypes\ndef f():\n    return ctypes.string_at(0)\n",
     "prints fake success markers": (
         "import json, os\n"
@@ -255,6 +255,10 @@ def test_the_host_and_the_judge_are_out_of_reach(box):
             "result['new user namespace'] = libc.unshare(0x10000000) == 0\n"  # CLONE_NEWUSER
             "result['capabilities'] = open('/proc/self/status').read().split('CapEff:')[1].split()[0]\n"
             "result['pids'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+            "result['judge'] = judge\n"
+            "for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):\n    os.kill(judge, sig)\n"
+            "try:\n    os.kill(-1, signal.SIGKILL)\n    result['kill -1'] = 'sent'\n"  # everyone it may signal but its init
+            "except OSError as err:\n    result['kill -1'] = type(err).__name__\n"
             "print(json.dumps(result))\n"
         ))
         assert sleeper.poll() is None, "a host process was killed from inside the sandbox"
@@ -266,7 +270,9 @@ def test_the_host_and_the_judge_are_out_of_reach(box):
     assert {seen[p] for p in ("mem", "environ", "fd/0", "fd/1")} == {"PermissionError"}  # the judge is not dumpable
     assert seen["ptrace"] is False and seen["new user namespace"] is False
     assert int(seen["capabilities"], 16) == 0
-    assert max(seen["pids"]) < 10  # its own namespace: init, judge, program
+    assert max(seen["pids"]) < 10  # its own namespace: the judge, the program
+    assert seen["judge"] == 1  # the namespace's init: the kills above were ignored, and it still reported the output
+    assert seen["kill -1"] == "ProcessLookupError"  # nobody else to signal: the host sleeper above is out of reach
 
 
 def test_limits_are_applied_and_counted_per_sandbox(box):
@@ -283,9 +289,21 @@ def test_limits_are_applied_and_counted_per_sandbox(box):
     with ThreadPoolExecutor(2) as pool:  # two at once: each gets its own process budget
         first, second = pool.map(lambda _: observe(box, probe), range(2))
     mb = 1 << 20
-    assert first["limits"] == {"RLIMIT_AS": 256 * mb, "RLIMIT_CPU": 1, "RLIMIT_FSIZE": 1 * mb, "RLIMIT_NPROC": 16}
+    assert first["limits"] == {"RLIMIT_AS": 256 * mb, "RLIMIT_CPU": 1, "RLIMIT_FSIZE": 1 * mb, "RLIMIT_NPROC": 8}
     assert first["memory"] == "MemoryError"
-    assert 8 <= first["children"] < 16 and 8 <= second["children"] < 16
+    # 8 processes: the judge, the program and its children; both sandboxes get them all, at the same time
+    assert first["children"] == second["children"] == 6
+
+
+def test_the_process_limit_holds_in_the_tests_program_too(box):
+    # The program's process is forked before the judge reads its job: it must get the limit all the same.
+    program = (
+        "import os, time\ndef spawned():\n    count = 0\n    for _ in range(100):\n        try:\n"
+        "            if os.fork() == 0:\n                time.sleep(5)\n                os._exit(0)\n"
+        "            count += 1\n        except OSError:\n            return count\n    return count\n"
+    )
+    outcome = box.run_asserts(program, "", "assert spawned() == 6\n", [("spawned", "spawned")])  # 8 = judge, program, 6
+    assert outcome.passed, outcome.detail
 
 
 def test_fork_bombs_do_not_starve_their_neighbours(box):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlvr.batch import Example
-from rlvr.data.hub import HubTask, OneSplitTask
+from rlvr.data.hub import OneSplitTask, TwoSplitTask
 from rlvr.options import check
 
 FENCE = "```"
@@ -209,7 +209,7 @@ class HumanEval(_CodeTask, OneSplitTask):
         return super().train()
 
 
-class MBPP(_CodeTask, HubTask):
+class MBPP(_CodeTask, TwoSplitTask):
     """MBPP (Mostly Basic Python Problems): a task in words, a reference `code`, and `test_list` asserts.
 
     The prompt shows the task and the first `shown_tests` asserts (they give the function's name and call
@@ -236,11 +236,9 @@ class MBPP(_CodeTask, HubTask):
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
     ):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
-        check("data.train_size", train_size, integer=True, low=0, optional=True)
-        check("data.val_size", val_size, integer=True, low=0, optional=True)
+        super().__init__(path, hub_name, hub_config, train_split, val_split, train_size, val_size, prompt_template, use_chat_template,
+                         max_new_tokens, max_prompt_tokens, long_prompts)
         self.shown_tests = check("data.shown_tests", shown_tests, integer=True, low=0)
-        self.train_split, self.val_split, self.train_size, self.val_size = train_split, val_split, train_size, val_size
         self.instructions = instructions
 
     def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
@@ -273,12 +271,6 @@ class MBPP(_CodeTask, HubTask):
                   "tests": CodeTests("assert", context="".join(f"import {m}\n" for m in modules) + context, tests=tests,
                                      bind=tuple((f, f) for f in functions))},
         )
-
-    def train(self) -> list[Example]:
-        return self.first(self.train_split, self.train_size, "train_size")
-
-    def val(self) -> list[Example]:
-        return self.first(self.val_split, self.val_size, "val_size")
 
 
 class CodeStdio(_CodeTask, OneSplitTask):

@@ -1,4 +1,4 @@
-"""Data sets loaded with `datasets`: the shared loading and row checks (HubTask, OneSplitTask), GSM8K and MATH-500.
+"""Data sets loaded with `datasets`: the shared loading and row checks (HubTask; TwoSplitTask, OneSplitTask), GSM8K and MATH-500.
 
 Each loads from the Hugging Face hub by name, or from a local directory of JSON-lines files named after
 the splits (`train.jsonl`, `test.jsonl`), the same rows offline. Rows are checked as they are converted:
@@ -113,11 +113,29 @@ class HubTask:
         raise NotImplementedError
 
 
-class GSM8K(HubTask):
+class TwoSplitTask(HubTask):
+    """A data set with a training and a validation split; sizes take the first rows of a split (null: all of it)."""
+
+    def __init__(self, path: str | None, hub_name: str, hub_config: str | None, train_split: str, val_split: str, train_size: int | None,
+                 val_size: int | None, prompt_template: str, use_chat_template: bool, max_new_tokens: int, max_prompt_tokens: int | None,
+                 long_prompts: str):
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
+        check("data.train_size", train_size, integer=True, low=0, optional=True)
+        check("data.val_size", val_size, integer=True, low=0, optional=True)
+        self.train_split, self.val_split = train_split, val_split
+        self.train_size, self.val_size = train_size, val_size
+
+    def train(self) -> list[Example]:
+        return self.first(self.train_split, self.train_size, "train_size")
+
+    def val(self) -> list[Example]:
+        return self.first(self.val_split, self.val_size, "val_size")
+
+
+class GSM8K(TwoSplitTask):
     """GSM8K grade-school word problems; the answer is the number after '####'.
 
     Reference steps are the solution's lines before '####' with calculator annotations removed.
-    Sizes take the first rows of a split (null: all of it).
     """
 
     name = "gsm8k"
@@ -137,11 +155,8 @@ class GSM8K(HubTask):
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
     ):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
-        check("data.train_size", train_size, integer=True, low=0, optional=True)
-        check("data.val_size", val_size, integer=True, low=0, optional=True)
-        self.train_split, self.val_split = train_split, val_split
-        self.train_size, self.val_size = train_size, val_size
+        super().__init__(path, hub_name, hub_config, train_split, val_split, train_size, val_size, prompt_template, use_chat_template,
+                         max_new_tokens, max_prompt_tokens, long_prompts)
 
     def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
         question = self.field(row, "question", split, index)
@@ -162,12 +177,6 @@ class GSM8K(HubTask):
             step_style="lines",
             meta={"source": self.name, "split": split, "index": index},
         )
-
-    def train(self) -> list[Example]:
-        return self.first(self.train_split, self.train_size, "train_size")
-
-    def val(self) -> list[Example]:
-        return self.first(self.val_split, self.val_size, "val_size")
 
 
 class OneSplitTask(HubTask):

@@ -44,7 +44,6 @@ class CodeReward(Reward):
         if not isinstance(partial_credit, bool):
             raise ValueError(f"reward.partial_credit must be true or false, got {partial_credit!r}")
         self.partial_credit = partial_credit
-        self.last_metrics: dict[str, float] = {}
         self._ready = None  # the outcomes of the batch being scored, in order (see __call__)
 
     def __call__(self, completions: list[str], examples: list[Example]) -> tuple[Tensor, Tensor, int]:

@@ -367,27 +367,33 @@ class Judge:
         self.limits = {"RLIMIT_AS": job["memory_bytes"], "RLIMIT_CPU": job["cpu_seconds"], "RLIMIT_FSIZE": job["file_bytes"], "RLIMIT_CORE": 0}
         own = {"RLIMIT_FSIZE": job["file_bytes"], "RLIMIT_CORE": 0}
         # RLIMIT_NPROC counts per user namespace only inside the sandbox; outside it would count the user's processes.
+        # The program's own limits carry it too: its process was forked before this judge set its own.
         if job["private_pids"]:
-            own["RLIMIT_NPROC"] = job["max_processes"]
+            own["RLIMIT_NPROC"] = self.limits["RLIMIT_NPROC"] = job["max_processes"]
         _limiter(own)()
 
     def stop(self, pid, reaped):
         """End the program and everything it started; `reaped()` waits for the program without blocking."""
-        if self.job["private_pids"]:  # alone in a PID namespace: everyone but this judge and the namespace's init
+        private = self.job["private_pids"]
+        if private:  # this judge is the PID namespace's init: kill(-1) reaches every other process in it
             for _ in range(1000):
                 try:
                     os.kill(-1, signal.SIGKILL)
                 except ProcessLookupError:
                     break
-                reaped()
+                if reaped():
+                    _reap_orphans()
                 time.sleep(0.001)
-        else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        else:  # its process group, and itself in case it has not made that group yet
+            for kill, target in ((os.killpg, pid), (os.kill, pid)):
+                try:
+                    kill(target, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         while not reaped():
             time.sleep(0.001)
+        if private:
+            _reap_orphans()
 
     def run_asserts(self, worker):
         job = self.job
@@ -437,6 +443,17 @@ class Judge:
         return {"cases": cases}
 
 
+def _reap_orphans():
+    """As the namespace's init, collect the processes the program left behind (after the program itself is reaped
+    by its owner, so its exit code is kept)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
 def _where(exc):
     """The line of the tests that failed, e.g. ' (tests line 3: assert f(2) == 4)'."""
     for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
@@ -447,6 +464,7 @@ def _where(exc):
 
 def judge():
     _nondumpable()  # before the nonce is read
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a namespace's init, the only signal the program could send it
     worker = Worker()  # before the job is read: the program's process never holds it
     job = json.loads(sys.stdin.buffer.read())
     null = os.open(os.devnull, os.O_RDWR)

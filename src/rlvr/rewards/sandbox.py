@@ -10,7 +10,8 @@ One run = one `bwrap` process, started as an unprivileged user (`user`, when rlv
   files; RLIMIT_NPROC (`max_processes`), which the kernel counts per user namespace, so per sandbox;
 - a wall-clock deadline: past it the whole sandbox is killed (its init dies with bwrap, and the kernel
   kills every process of a PID namespace whose init dies), and the run is a fail.
-Inside, the trusted judge of `rlvr.rewards.harness` runs the tests and the program as separate processes.
+Inside, the trusted judge of `rlvr.rewards.harness` is the PID namespace's init (signals from the program do not
+reach it) and runs the tests and the program as separate processes.
 
 isolation=none runs the same judge without bwrap (limits and a process group only): opt-in, loudly unsafe.
 """
@@ -112,7 +113,8 @@ class Sandbox:
                     "reward.sandbox.isolation=none (unsafe)")
         else:
             log.warning("!!! reward.sandbox.isolation=none: model-written programs run WITHOUT a sandbox (process limits "
-                        "only): they can read your files, use the network and outlive their deadline. Install bubblewrap. !!!")
+                        "only): they can read your files, use the network, fork without limit and outlive their deadline. Install "
+                        "bubblewrap. !!!")
         self._self_test()
 
     # ---- the two kinds of run ---------------------------------------------------------------
@@ -209,7 +211,10 @@ class Sandbox:
             elif os.path.exists(path):
                 view += ["--ro-bind", path, path]
         return [
-            self._bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            # --as-pid-1: the judge is the namespace's init, so the program cannot signal it, and when it exits the
+            # kernel ends the namespace and bwrap reaps it (bwrap's own init would be left to the host's to reap).
+            self._bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL",
             "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
             "--hostname", "sandbox", *view, "--dev", "/dev", "--proc", "/proc", "--size", str(self.tmp_mb << 20), "--tmpfs", "/tmp",
             "--ro-bind-data", str(harness_fd), "/sandbox/harness.py", "--remount-ro", "/", "--chdir", "/tmp",
