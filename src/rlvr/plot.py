@@ -97,6 +97,13 @@ def plot_runs(
             ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(present) :]:
         ax.set_visible(False)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Lay the figure out, write it (parent folders made) and free it; the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,12 +137,7 @@ def plot_bands(panels: list[tuple[str, dict[str, Band]]], out: str | Path, note:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:
