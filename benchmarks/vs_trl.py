@@ -143,6 +143,8 @@ def main() -> None:
         result = (run_rlvr if tool == "rlvr" else run_trl)(args, setting)
         print("RESULT " + json.dumps(result), flush=True)
         return
+    if "vllm" in args.settings and not Path(args.vllm_python).is_file():
+        sys.exit(f"--vllm-python {args.vllm_python} does not exist: build the vLLM venv with `bash .ci/vllm.sh`, or name one")
     table, results = [], {}
     for setting in args.settings:
         row = {}
@@ -151,8 +153,6 @@ def main() -> None:
                 row["trl"] = results["defaults"]["trl"]
                 continue
             python = args.vllm_python if (tool, setting) == ("rlvr", "vllm") else sys.executable
-            if not Path(python).is_file():
-                sys.exit(f"--vllm-python {python} does not exist: build the vLLM venv with `bash .ci/vllm.sh`, or name one")
             command = [python, __file__, "--worker", tool, "defaults" if (tool, setting) == ("trl", "vllm") else setting, *sys.argv[1:]]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
