@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 FIXTURE = ROOT / "tests" / "fixtures" / "gsm8k"
 LR = 1e-6
+# The TRL run each setting is compared with: TRL's colocated vLLM cannot sync weights on CPU, so rlvr's vllm setting
+# is compared with TRL's defaults.
+TRL_SETTING = {"defaults": "defaults", "equal": "equal", "vllm": "defaults"}
 
 
 def rlvr_overrides(args: argparse.Namespace, setting: str) -> list[str]:
@@ -133,7 +136,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--settings", nargs="+", default=["defaults", "equal"], choices=["defaults", "equal", "vllm"])
+    parser.add_argument("--settings", nargs="+", default=["defaults", "equal"], choices=list(TRL_SETTING))
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
                         help="the Python of a venv with vLLM and rlvr, for the vllm setting's rlvr worker")
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "SETTING"), help=argparse.SUPPRESS)
@@ -145,25 +148,27 @@ def main() -> None:
         return
     if "vllm" in args.settings and not Path(args.vllm_python).is_file():
         sys.exit(f"--vllm-python {args.vllm_python} does not exist: build the vLLM venv with `bash .ci/vllm.sh`, or name one")
-    table, results = [], {}
+    table, trl_runs = [], {}
     for setting in args.settings:
         row = {}
         for tool in ("trl", "rlvr"):
-            if tool == "trl" and setting == "vllm" and "defaults" in results:  # the same TRL run: not repeated
-                row["trl"] = results["defaults"]["trl"]
+            worker_setting = TRL_SETTING[setting] if tool == "trl" else setting
+            if tool == "trl" and worker_setting in trl_runs:  # one TRL run serves every setting compared with it
+                row["trl"] = trl_runs[worker_setting]
                 continue
             python = args.vllm_python if (tool, setting) == ("rlvr", "vllm") else sys.executable
-            command = [python, __file__, "--worker", tool, "defaults" if (tool, setting) == ("trl", "vllm") else setting, *sys.argv[1:]]
+            command = [python, __file__, "--worker", tool, worker_setting, *sys.argv[1:]]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode or not lines:
                 sys.exit(f"{tool} ({setting}) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")
             row[tool] = json.loads(lines[-1][len("RESULT "):])
+            if tool == "trl":
+                trl_runs[worker_setting] = row["trl"]
             step, peak = summary(row[tool])
             print(f"{setting:8s} {tool:4s}: step {step:7.2f} s, peak {peak:5.2f} GB "
                   f"(steps {[round(t, 1) for t in row[tool]['step_s']]}, process {time.perf_counter() - started:.0f} s)", flush=True)
-        results[setting] = row
         (trl_step, trl_peak), (rlvr_step, rlvr_peak) = summary(row["trl"]), summary(row["rlvr"])
         table.append((setting, trl_step, trl_peak, rlvr_step, rlvr_peak))
     print(f"\n{args.prompts} prompts x {args.group} roll-outs x {args.new_tokens} new tokens, {args.device}, median of steps 2..{args.steps}")
