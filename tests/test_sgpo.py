@@ -156,7 +156,7 @@ def test_scope_all_incorrect_grades_wrong_answers_of_mixed_groups():
 
 @pytest.mark.parametrize(
     "options, divisor",
-    [({"normalize": "none"}, 1.0), ({"normalize": "min_std", "min_std": 0.5}, 0.5), ({"normalize": "min_std", "min_std": 0.1}, STD), ({"normalize": "group_std", "eps": 0.0}, STD)],
+    [({"normalize": "none"}, 1.0), ({"normalize": "min_std", "min_std": 0.5}, 0.5), ({"normalize": "min_std", "min_std": 0.1}, STD), ({"normalize": "group_std", "eps": 1e-12}, STD)],
 )
 def test_normalize_modes(options, divisor):
     batch = make_batch([(FOUR, FAILED), (TWO, MIXED)])
@@ -164,6 +164,49 @@ def test_normalize_modes(options, divisor):
     assert adv[:4].tolist() == pytest.approx([c / divisor for c in CENTRED], abs=1e-6)
     grpo = group_normalize(batch.rewards, batch.group_ids, "group", options.get("eps", 1e-6))
     assert torch.equal(adv[4:], grpo[4:])  # never touched
+
+
+@pytest.mark.parametrize("base", ["rloo", "opo", "gpg"])
+def test_base_estimator_takes_the_groups_sgpo_does_not_judge(base):
+    from rlvr.advantages.gpg import GPGAdvantage
+    from rlvr.advantages.opo import OPOAdvantage
+    from rlvr.advantages.rloo import RLOOAdvantage
+
+    batch = make_batch([(FOUR, FAILED), (TWO, MIXED)])
+    adv = per_sample(SGPOAdvantage(RuleJudge(), base=base)(batch), batch)
+    plain = {"rloo": RLOOAdvantage, "opo": OPOAdvantage, "gpg": GPGAdvantage}[base]()
+    assert torch.equal(adv[4:], per_sample(plain(batch), batch)[4:])  # the mixed group: the base estimator, untouched
+    # The judged all-negative group: the same base estimator on its shaped rewards (one scale, no std division).
+    # rloo: r_i - mean of the other 3; opo: equal lengths -> centred; gpg: 6 non-zero shaped rewards of 8 -> 8/6.
+    expected = {
+        "rloo": [r - (sum(SHAPED) - r) / 3 for r in SHAPED], "opo": CENTRED, "gpg": [c * 8 / 6 for c in CENTRED],
+    }[base]
+    assert adv[:4].tolist() == pytest.approx(expected, abs=1e-5)
+    # RLOO on a mixed group [1, 0, 1, 0]: r_i - mean of the other 3 = +-2/3
+    if base == "rloo":
+        assert adv[4:].tolist() == pytest.approx([2 / 3, -2 / 3, 2 / 3, -2 / 3])
+
+
+def test_base_with_scope_all_incorrect_gets_the_shaped_rewards():
+    from rlvr.advantages.rloo import RLOOAdvantage
+
+    batch = make_batch([(TWO, MIXED)])
+    adv = per_sample(SGPOAdvantage(RuleJudge(), base="rloo", scope="all_incorrect")(batch), batch)
+    shaped = torch.tensor([1.0, float(torch.sigmoid(torch.tensor(0.0))), 1.0, float(torch.sigmoid(torch.tensor(-2.5)))])
+    assert adv.tolist() == pytest.approx(RLOOAdvantage().per_sample(shaped, batch).tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"base": "passk"}, r"advantage.base must be one of grpo \| rloo \| opo \| gpg, got 'passk'"),
+    ({"base": "rloo", "scale": "batch"}, "advantage.scale is GRPO's option: it needs advantage.base=grpo"),
+    ({"base": "gpg", "normalize": "none"}, "advantage.normalize is GRPO's option: it needs advantage.base=grpo"),
+    ({"eps": 0.0}, "advantage.eps must be a number > 0, got 0.0"),
+    ({"eps": -1}, "advantage.eps must be a number > 0, got -1"),
+    ({"mask_after_error": "yes"}, "advantage.mask_after_error must be true or false, got 'yes'"),
+])
+def test_bad_base_eps_and_flags_name_the_key(options, message):
+    with pytest.raises(ValueError, match=message):
+        SGPOAdvantage(RuleJudge(), **options)
 
 
 def test_rts_in_tokens_counts_loss_tokens_before_the_first_wrong_step():

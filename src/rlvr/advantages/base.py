@@ -22,6 +22,25 @@ class AdvantageEstimator(ABC):
     def __call__(self, batch: RolloutBatch) -> Tensor: ...
 
 
+class GroupBaseline(AdvantageEstimator):
+    """An estimator whose advantage is one value per sample, computed from a reward vector and the batch's
+    groups (and lengths), the same on every scored token. SGPO can build on any of them (`advantage.base`):
+    it hands them its shaped rewards in place of the batch's."""
+
+    @abstractmethod
+    def per_sample(self, rewards: Tensor, batch: RolloutBatch) -> Tensor:
+        """[N] advantages for the [N] `rewards` of `batch`'s samples."""
+
+    def __call__(self, batch: RolloutBatch) -> Tensor:
+        return broadcast_to_tokens(self.per_sample(scored_rewards(batch, type(self).__name__), batch), batch.loss_mask)
+
+
+def scored_rewards(batch: RolloutBatch, who: str) -> Tensor:
+    if batch.rewards is None:
+        raise ValueError(f"{who} needs batch.rewards: score the batch with a reward first")
+    return batch.rewards.float()
+
+
 def group_centre(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, int]:
     """Float rewards minus their group's mean [N], and the number of groups.
 
@@ -32,10 +51,16 @@ def group_centre(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, int]:
     num_groups = int(group_ids.max().item()) + 1
     counts = torch.bincount(group_ids, minlength=num_groups).float()
     means = torch.zeros(num_groups, device=rewards.device).index_add_(0, group_ids, rewards) / counts
+    constant = in_constant_group(rewards, group_ids)
+    return torch.where(constant, torch.zeros_like(rewards), rewards - means[group_ids]), num_groups
+
+
+def in_constant_group(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """[N] bool: the sample's group has all rewards equal."""
+    num_groups = int(group_ids.max().item()) + 1
     group_max = rewards.new_full((num_groups,), float("-inf")).scatter_reduce(0, group_ids, rewards, "amax")
     group_min = rewards.new_full((num_groups,), float("inf")).scatter_reduce(0, group_ids, rewards, "amin")
-    constant = (group_max == group_min)[group_ids]
-    return torch.where(constant, torch.zeros_like(rewards), rewards - means[group_ids]), num_groups
+    return (group_max == group_min)[group_ids]
 
 
 def _group_scaled(rewards: Tensor, group_ids: Tensor, eps: float) -> Tensor:
@@ -73,6 +98,16 @@ def group_std(centred: Tensor, group_ids: Tensor, num_groups: int) -> Tensor:
     counts = torch.bincount(group_ids, minlength=num_groups).float()
     sq = torch.zeros(num_groups, device=centred.device).index_add_(0, group_ids, centred**2)
     return (sq / (counts - 1).clamp(min=1)).sqrt()
+
+
+def whiten(values: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """(values - mean) / sqrt(var + eps) over the tokens `mask` keeps (unbiased var), 0 elsewhere: the batch
+    whitening of REINFORCE++ (verl's masked_whiten)."""
+    mask = mask.to(values.dtype)
+    count = mask.sum()
+    mean = (values * mask).sum() / count.clamp(min=1)
+    var = (((values - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1)
+    return (values - mean) * torch.rsqrt(var + eps) * mask
 
 
 def broadcast_to_tokens(per_sample: Tensor, mask: Tensor) -> Tensor:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from rlvr.advantages.base import SCALES, AdvantageEstimator, broadcast_to_tokens
+from rlvr.advantages.base import SCALES, GroupBaseline
 from rlvr.batch import RolloutBatch
-from rlvr.options import choose
+from rlvr.options import check, choose
 
 
-class GRPOAdvantage(AdvantageEstimator):
-    """A_i = (r_i - mean_group(r)) / std, std per `scale`: group (GRPO), batch, or none (Dr. GRPO)."""
+class GRPOAdvantage(GroupBaseline):
+    """A_i = (r_i - mean_group(r)) / std, std per `scale`: group (GRPO), batch, or none (Dr. GRPO).
+    eps (> 0) is added to the std: 0 would divide by 0, a negative one could flip signs."""
 
     def __init__(self, scale: str = "group", eps: float = 1e-6):
-        self.scale, self.eps = scale, eps
         self._normalize = choose("advantage.scale", scale, SCALES)
+        self.scale, self.eps = scale, check("advantage.eps", eps, low=0, low_open=True)
 
-    def __call__(self, batch: RolloutBatch) -> Tensor:
-        per_sample = self._normalize(batch.rewards, batch.group_ids, self.eps)
-        return broadcast_to_tokens(per_sample, batch.loss_mask)
+    def per_sample(self, rewards: Tensor, batch: RolloutBatch) -> Tensor:
+        return self._normalize(rewards, batch.group_ids, self.eps)

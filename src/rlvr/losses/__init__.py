@@ -1,2 +1,3 @@
-"""Policy losses, one plugin each (`loss=ppo_clip|gspo`): token log-probs, old log-probs and advantages in,
-one scalar out. Aggregation over tokens and the KL term are options of every loss (`base.PolicyLoss`)."""
+"""Policy losses, one plugin each (`loss=ppo_clip|gspo|cispo|sapo|gmpo|clip_cov|kl_cov`): token log-probs, old
+log-probs and advantages in, one scalar out. Aggregation over tokens, the KL term and top-entropy token masking
+are options of every loss (`base.PolicyLoss`)."""

@@ -85,12 +85,22 @@ class PolicyLoss(ABC):
     aggregation: token_mean | seq_mean_token_mean | seq_mean_token_sum_norm (needs `norm_length`).
     kl_beta: weight of the KL penalty to the frozen reference (0: no reference model is loaded).
     kl_estimator: k1 | k2 | k3.
+    top_entropy_quantile: rho in [0, 1]; below 1 only the scored tokens in the top rho of the policy's entropy
+      carry the policy term (arXiv 2506.01939; TRL's option of the same name). rlvr takes the quantile per rank,
+      over the scored tokens of the batch the loss is called on (the micro-batch), so it depends on the
+      micro-batch split and the number of ranks; TRL gathers the entropies across processes first. The dropped
+      tokens still count in the aggregation's denominator and still carry the KL term, as in TRL.
     """
 
-    def __init__(self, aggregation: str = "token_mean", norm_length: int | None = None, kl_beta: float = 0.0, kl_estimator: str = "k3"):
+    def __init__(
+        self, aggregation: str = "token_mean", norm_length: int | None = None, kl_beta: float = 0.0, kl_estimator: str = "k3",
+        top_entropy_quantile: float = 1.0,
+    ):
+        check("loss.norm_length", norm_length, integer=True, low=1, optional=True)
         self.aggregate = make_aggregation(aggregation, norm_length)
         self.kl_beta = check("loss.kl_beta", kl_beta, low=0)
         self.kl = choose("loss.kl_estimator", kl_estimator, KL_ESTIMATORS)
+        self.top_entropy_quantile = check("loss.top_entropy_quantile", top_entropy_quantile, low=0, high=1)
 
     @property
     def needs_reference(self) -> bool:
@@ -101,10 +111,18 @@ class PolicyLoss(ABC):
         """[N, C] per-token losses (their aggregate is minimised) and detached statistics."""
 
     def __call__(
-        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, ref_logprobs: Tensor | None = None
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, ref_logprobs: Tensor | None = None,
+        entropy: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Token log-probs, old log-probs, advantages and the loss mask, all [N, C]."""
+        """Token log-probs, old log-probs, advantages and the loss mask, all [N, C]; `entropy` is the policy's
+        detached per-token entropy [N, C] (needed when `top_entropy_quantile` < 1)."""
         losses, stats = self.token_losses(logprobs, old_logprobs, advantages, mask)
+        if self.top_entropy_quantile < 1:
+            if entropy is None:
+                raise ValueError("loss.top_entropy_quantile < 1 needs the policy's per-token entropy")
+            keep = high_entropy_tokens(entropy, mask, self.top_entropy_quantile)
+            losses = losses * keep
+            stats["entropy_kept_frac"] = masked_mean(keep.to(losses.dtype), mask).detach()
         if self.kl_beta > 0:
             if ref_logprobs is None:
                 raise ValueError("loss.kl_beta > 0 needs reference log-probs")
@@ -117,6 +135,27 @@ class PolicyLoss(ABC):
         """Weight of a micro-batch's loss so that the weighted sum over micro-batches equals the loss of the
         whole mini-batch (gradient accumulation changes memory, not the math)."""
         return self.aggregate.weight(part_mask, whole_mask)
+
+
+def high_entropy_tokens(entropy: Tensor, mask: Tensor, rho: float) -> Tensor:
+    """[N, C] bool: the scored tokens whose entropy is at least the (1 - rho) quantile of the scored tokens'
+    entropies; rho = 0 keeps only the highest-entropy token(s)."""
+    scored = mask.bool()
+    if not scored.any():
+        return scored
+    threshold = linear_quantile(entropy[scored].float(), 1.0 - rho)
+    return scored & (entropy.float() >= threshold)
+
+
+def linear_quantile(values: Tensor, q: float) -> Tensor:
+    """The q quantile of 1-D `values` with linear interpolation between the two order statistics around
+    position q * (n - 1), torch.quantile's default rule. By a sort: torch.quantile refuses inputs above 2^24
+    elements, and a large micro-batch has that many tokens."""
+    ordered = values.sort().values
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return torch.lerp(ordered[low], ordered[high], position - low)
 
 
 def masked_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
