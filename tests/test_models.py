@@ -39,6 +39,17 @@ def test_lora_trains_only_adapters(tiny_dir):
     assert trainable and all("lora_" in n for n in trainable)
 
 
+def test_lora_adapters_have_no_dropout_in_the_policy(tiny_dir):
+    """Issue 23: dropout was switched off before the adapter was added, so lora_dropout stayed on."""
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.5, "init_lora_weights": False}
+    policy = HFModel(str(tiny_dir), lora=lora).load_policy()
+    dropouts = [m for n, m in policy.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" in n]
+    assert policy.training and dropouts and all(m.p == 0.0 for m in dropouts)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    torch.manual_seed(1)
+    assert torch.equal(policy(input_ids=ids).logits, policy(input_ids=ids).logits)  # random B: dropout would show
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     grads = []

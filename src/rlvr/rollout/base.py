@@ -34,6 +34,7 @@ class RolloutEngine(ABC):
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
+        self.last_metrics: dict[str, float] = {}  # what the last `generate` measured, logged with its step
 
     @abstractmethod
     def generate(self, prompt_ids: list[list[int]], max_new_tokens: int | None = None, greedy: bool = False) -> list[Generation]:
