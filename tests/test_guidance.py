@@ -15,7 +15,7 @@ from rlvr.data.arithmetic import make_example
 from rlvr.guidance.base import Guidance
 from rlvr.guidance.adaptive import AdaptiveGuidance
 from rlvr.guidance.decay import DecayGuidance
-from rlvr.guidance.scheduled import FixedGuidance, ScheduledGuidance
+from rlvr.guidance.scheduled import FixedGuidance, ScheduledGuidance, round_half_up
 from rlvr.models.tiny import build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "guidance"
@@ -79,6 +79,30 @@ def test_adaptive_rule_step_by_step():
             0.1, 0.1, 0.9]    # better: floor(1/9) = 0 -> clamp at 1
     expected = [4, 4, 8, 8, 8, 4, 4, 4, 5, 5, 5, 8, 8, 8, 1, 1, 1, 1]
     assert run_lengths(g, accs) == pytest.approx(expected)
+
+
+def test_adaptive_length_is_exact_so_half_units_round_up():
+    # ℓ=1, ā=.5, a_t=.2: ℓ·ā/a_t is exactly 2.5, which hands over 3 steps (a float32 mean made it 2.4999999627 -> 2)
+    g = AdaptiveGuidance(initial_length=1, max_length=8)
+    assert run_lengths(g, [0.5, 0.5, 0.2]) == [1.0, 1.0, 2.5]
+    assert round_half_up(g.length) == 3
+    # 3 · (.7 + .5)/2 / .6 is exactly 3: equal accuracies keep ℓ, float sums (0.6000000000000001) would not
+    assert run_lengths(AdaptiveGuidance(initial_length=3, max_length=8), [0.7, 0.5, 0.6]) == [3.0, 3.0, 3.0]
+    # down: 5 · .3 / .6 = 2.5 floors to 2 exactly, and resumes exactly from its [numerator, denominator] history
+    g = AdaptiveGuidance(initial_length=5, max_length=8)
+    assert run_lengths(g, [0.1, 0.5, 0.6]) == [5.0, 5.0, 2.0]
+    assert g.state_dict()["history"] == [[1, 2], [3, 5]]
+
+
+def test_adaptive_accepts_an_older_checkpoints_float_history():
+    g = AdaptiveGuidance(initial_length=4, max_length=8)
+    g.load_state_dict({**AdaptiveGuidance(initial_length=4, max_length=8).state_dict(), "history": [0.5, 0.5], "steps_observed": 2})
+    assert run_lengths(g, [0.25]) == [8.0]
+    # Floats are read as the small fractions they stand for: mean(.7, .5) is exactly .6, so ℓ stays 3 (at the floats'
+    # exact values the mean is just under .6 and ℓ would drop to 2)
+    g = AdaptiveGuidance(initial_length=3, max_length=8)
+    g.load_state_dict({**AdaptiveGuidance(initial_length=3, max_length=8).state_dict(), "history": [0.7, 0.5], "steps_observed": 2})
+    assert run_lengths(g, [0.6]) == [3.0]
 
 
 def test_adaptive_no_update_before_the_period_ends():

@@ -51,6 +51,7 @@ def test_one_real_step(stand_ins, tmp_path, family, data, plugins):
     with initialize_config_module("rlvr.conf", version_base="1.3"):
         cfg = compose("train", overrides=[
             *stand_ins[family], f"data={data}", *DATA[data], *PLUGINS[plugins],
+            *(["data.long_prompts=skip"] if family == "tiny" and data != "arithmetic" else []),  # its context: 256 positions
             "algorithm.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=12",
             "max_steps=1", "val_every=100", "export_policy=false", "judge.max_new_tokens=4" if data != "arithmetic" else "seed=0",
         ])

@@ -48,6 +48,10 @@ def first_rows(relative: str, count: int) -> list[dict]:
         ("The answer is 50, not 51", False),  # the number right after it, not any number later
         ("#5 1", False),  # digits split by a space are not the answer
         ("#abc 51", False),  # after the mark there must be a number
+        # Tolerated forms stay, but what follows the number must not make it another number:
+        ("#51, since 46+5=51", True),
+        ("#51.9", False), ("#51+1", False), ("#51 + 1", False), ("#5,1", False), ("#51 52", False), ("#51=52", False),
+        ("The answer is 51.9", False), ("the answer is 51. No, the answer is 52", False),  # the last "answer is" counts
     ],
 )
 def test_exact_answer(completion, expected):
@@ -55,6 +59,14 @@ def test_exact_answer(completion, expected):
     assert rewards.tolist() == [1.0 if expected else 0.0]
     assert correct.tolist() == [expected]
     assert errors == 0
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("#1000", True), ("#1,000", True), ("# 1,000.", True),  # thousands commas in groups of three
+    ("#10,00", False), ("#1,0000", False), ("#1,000.5", False), ("#100,0", False), ("#1000 1", False),
+])
+def test_exact_answer_thousands_groups_must_be_whole(completion, expected):
+    assert ExactAnswerReward()([completion], [example("1000")])[1].tolist() == [expected]
 
 
 # --- math-verify ---

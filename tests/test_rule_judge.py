@@ -43,6 +43,9 @@ def first_error(response: str, example: Example = EXAMPLE) -> int | None:
         ("12+34=46;46+5=51. The answer is 51.", None),  # "the answer is" instead of '#'
         ("12+34=46;46+5=51. The answer is 50.", 1),
         ("12+34=46;then I add five", 1),  # a step with no equation is wrong where it stands
+        # Right steps, then an answer that only starts like 51: wrong at the last piece, never accepted
+        ("12+34=46;46+5=51#51.9", 1), ("12+34=46;46+5=51#51+1", 1), ("12+34=46;46+5=51#5,1", 1), ("12+34=46;46+5=51#51 52", 1),
+        ("12+34=46;46+5=51. The answer is 51.9", 1),
     ],
 )
 def test_first_error(response, expected):

@@ -11,16 +11,24 @@ import random
 import re
 
 from rlvr.batch import Example
-from rlvr.data.checks import prompt_limits
+from rlvr.data.checks import bad_answers_policy, prompt_limits
 from rlvr.options import check
 
 STEP_SEPARATOR = ";"
 ANSWER_MARK = "#"
 _PROMPT = re.compile(r"^\d+(\+\d+)+=$")
-_LEADING_NUMBER = re.compile(r"\s*(-?\d[\d,]*)")
+# The answer: an integer, plain or in whole thousands groups (1,000), and after it only what cannot make it another
+# number (see final_answer): appended junk never keeps a wrong answer's reward.
+_WORD = r"[^\W\d_]{2}"  # a word: two letters or more (so "x 2" is not one)
+_SPECIAL_TOKEN = r"<[^<>\s\d][^<>]*>"  # <eos>, </s>, <|im_end|>
+_ANSWER = re.compile(
+    rf"\s*(-?(?:[0-9]{{1,3}}(?:,[0-9]{{3}})+|[0-9]+))"
+    rf"(?:\.|,(?=\s+{_WORD}))?(?:{_SPECIAL_TOKEN})*(?:\s+(?={_WORD}|{_SPECIAL_TOKEN}).*)?\s*",
+    re.DOTALL,
+)
 _STEP = r"\s*\d+\s*\+\s*\d+\s*=\s*\d+\s*"
 _FORMAT = re.compile(rf"(?:{_STEP};)*{_STEP};?\s*#\s*\d+\s*\.?\s*")
-_ANSWER_IS = re.compile(r"answer is\s*:?\s*(-?\d[\d,]*)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer is\s*:?", re.IGNORECASE)
 
 
 def make_example(terms: list[int], example_id: str) -> Example:
@@ -51,13 +59,28 @@ def target_text(example: Example) -> str:
 
 
 def final_answer(completion: str) -> str | None:
-    """The number right after the last '#' (spaces, thousands commas and any text after it ignored); without
-    a '#', the number after the last "answer is". None when the response gives neither."""
+    """The integer after the last '#' or, without a '#', after the last "answer is"; None when there is none.
+
+    Grammar of the text after the mark: optional whitespace, then the number (`-`?, digits, or digits in thousands
+    groups of three: `1,000`), then optionally a full stop, or a comma when whitespace and a word follow (`#51, since
+    ...`), then any special tokens (`<eos>`, `<|im_end|>`), then the end, or whitespace and a word (two letters or
+    more) or a special token, after which anything but a step separator may follow. A separator (';') with no step
+    after it is nothing, as in split_steps; any other ';' after the answer is another step, so the answer is not the
+    last step and is refused (the rule judge agrees). Everything else after the number is refused, so no other number
+    is read as this one: `#51.9`, `#51e2`, `#51²`, `#51½`, `#51x2`, `#51 x 2`, `#51..9`, `#51 .9`, `#51:52`,
+    `#51, 52`, `#51 52`, `#5,1`, `#10,00`, `#51+1`, `#51;52`."""
     if ANSWER_MARK in completion:
-        found = _LEADING_NUMBER.match(completion.rsplit(ANSWER_MARK, 1)[1])
+        rest = completion.rsplit(ANSWER_MARK, 1)[1]
     else:
-        found = ([None] + list(_ANSWER_IS.finditer(completion)))[-1]
-    return found[1].replace(",", "") if found else None
+        said = list(_ANSWER_IS.finditer(completion))
+        if not said:
+            return None
+        rest = completion[said[-1].end():]
+    rest = rest.rstrip().rstrip(STEP_SEPARATOR + " \t\n\r\f\v")  # trailing empty steps
+    found = _ANSWER.fullmatch(rest)
+    if found is None or STEP_SEPARATOR in rest:
+        return None
+    return found[1].replace(",", "")
 
 
 def in_format(completion: str) -> bool:
@@ -92,7 +115,8 @@ class ArithmeticTask:
     ))
 
     def __init__(self, min_terms: int = 2, max_terms: int = 5, max_value: int = 999, train_size: int = 20000, val_size: int = 200, seed: int = 0,
-                 max_new_tokens: int = 96, max_prompt_tokens: int | None = 2048, long_prompts: str = "error"):
+                 max_new_tokens: int = 96, max_prompt_tokens: int | None = 2048, long_prompts: str = "error", bad_answers: str = "error",
+                 task_shots: int = 0):
         check("data.min_terms", min_terms, integer=True, low=2)
         if check("data.max_terms", max_terms, integer=True) < min_terms:
             raise ValueError(f"data.max_terms ({max_terms}) is below data.min_terms ({min_terms})")
@@ -103,6 +127,10 @@ class ArithmeticTask:
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.max_new_tokens = check("data.max_new_tokens", max_new_tokens, integer=True, low=1)  # fits a 5-term answer
         self.max_prompt_tokens, self.skip_long_prompts = prompt_limits(max_prompt_tokens, long_prompts)
+        self.skip_bad_answers = bad_answers_policy(bad_answers)
+        # A model that is told the format copies its worked examples' shape: small terms need examples of their own size.
+        if check("data.task_shots", task_shots, integer=True, low=0):
+            self.worked_examples = tuple((e.prompt, target_text(e)) for e in self.train()[:task_shots])
 
     def _draw(self, count: int, seed: int, split: str) -> list[Example]:
         rng = random.Random(seed)

@@ -178,9 +178,10 @@ class HumanEval(_CodeTask, OneSplitTask):
         max_new_tokens: int = 512,
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
+        bad_answers: str = "error",
     ):
         super().__init__(path, hub_name, hub_config, split, train_size, val_size, prompt_template, use_chat_template, max_new_tokens,
-                         max_prompt_tokens, long_prompts)
+                         max_prompt_tokens, long_prompts, bad_answers)
         self.instructions = instructions
 
     def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
@@ -235,9 +236,10 @@ class MBPP(_CodeTask, TwoSplitTask):
         max_new_tokens: int = 512,
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
+        bad_answers: str = "error",
     ):
         super().__init__(path, hub_name, hub_config, train_split, val_split, train_size, val_size, prompt_template, use_chat_template,
-                         max_new_tokens, max_prompt_tokens, long_prompts)
+                         max_new_tokens, max_prompt_tokens, long_prompts, bad_answers)
         self.shown_tests = check("data.shown_tests", shown_tests, integer=True, low=0)
         self.instructions = instructions
 
@@ -300,9 +302,10 @@ class CodeStdio(_CodeTask, OneSplitTask):
         max_new_tokens: int = 1024,
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
+        bad_answers: str = "error",
     ):
         super().__init__(path, hub_name, hub_config, split, train_size, val_size, prompt_template, use_chat_template, max_new_tokens,
-                         max_prompt_tokens, long_prompts)
+                         max_prompt_tokens, long_prompts, bad_answers)
         self.prompt_field, self.solution_field, self.instructions = prompt_field, solution_field, instructions
 
     def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
@@ -336,6 +339,7 @@ class CodeStdio(_CodeTask, OneSplitTask):
             steps=self.reference(code, split, index) if code and python else (),
             step_separator="\n",
             step_style="lines",
-            meta={"source": self.name, "split": split, "index": index, "tests": CodeTests("stdio", cases=tuple(cases))},
+            meta={"source": self.name, "split": split, "index": index, "tests": CodeTests("stdio", cases=tuple(cases)),
+                  "reference_is_python": python},  # another language's solution is not run against the tests at load
         )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.batch import Example
-from rlvr.data.checks import prompt_limits
+from rlvr.data.checks import bad_answers_policy, prompt_limits
 from rlvr.data.steps import step_texts
 from rlvr.options import check
 
@@ -50,21 +50,24 @@ class HubTask:
     name = "hub"
 
     def __init__(self, path: str | None, hub_name: str, hub_config: str | None, prompt_template: str, use_chat_template: bool,
-                 max_new_tokens: int, max_prompt_tokens: int | None = 2048, long_prompts: str = "error"):
+                 max_new_tokens: int, max_prompt_tokens: int | None = 2048, long_prompts: str = "error", bad_answers: str = "error"):
+        if not isinstance(prompt_template, str):
+            raise ValueError(f"data.prompt_template must be a str.format template with a {{prompt}} field, got {prompt_template!r}")
         try:
             prompt_template.format(prompt="")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
-                f"prompt_template must be a str.format template whose only field is {{prompt}} "
+                f"data.prompt_template must be a str.format template whose only field is {{prompt}} "
                 f"(write literal braces as {{{{ }}}}), got {prompt_template!r}: {exc!r}"
             ) from exc
         if "{prompt}" not in prompt_template:
-            raise ValueError(f"prompt_template must contain {{prompt}}, got {prompt_template!r}")
+            raise ValueError(f"data.prompt_template must contain {{prompt}}, got {prompt_template!r}")
         self.path = Path(path) if path is not None else None
         self.hub_name, self.hub_config = hub_name, hub_config
         self.prompt_template, self.use_chat_template = prompt_template, use_chat_template
         self.max_new_tokens = check("data.max_new_tokens", max_new_tokens, integer=True, low=1)  # a budget that fits its solutions
         self.max_prompt_tokens, self.skip_long_prompts = prompt_limits(max_prompt_tokens, long_prompts)
+        self.skip_bad_answers = bad_answers_policy(bad_answers)
         self._splits: dict[str, list[dict[str, Any]]] = {}
 
     def source(self, split: str) -> str:
@@ -118,8 +121,8 @@ class TwoSplitTask(HubTask):
 
     def __init__(self, path: str | None, hub_name: str, hub_config: str | None, train_split: str, val_split: str, train_size: int | None,
                  val_size: int | None, prompt_template: str, use_chat_template: bool, max_new_tokens: int, max_prompt_tokens: int | None,
-                 long_prompts: str):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
+                 long_prompts: str, bad_answers: str = "error"):
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts, bad_answers)
         check("data.train_size", train_size, integer=True, low=0, optional=True)
         check("data.val_size", val_size, integer=True, low=0, optional=True)
         self.train_split, self.val_split = train_split, val_split
@@ -154,9 +157,10 @@ class GSM8K(TwoSplitTask):
         max_new_tokens: int = 512,
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
+        bad_answers: str = "error",
     ):
         super().__init__(path, hub_name, hub_config, train_split, val_split, train_size, val_size, prompt_template, use_chat_template,
-                         max_new_tokens, max_prompt_tokens, long_prompts)
+                         max_new_tokens, max_prompt_tokens, long_prompts, bad_answers)
 
     def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
         question = self.field(row, "question", split, index)
@@ -185,8 +189,9 @@ class OneSplitTask(HubTask):
     `<split>.jsonl`, or one JSON-lines file (`.jsonl`, `.jsonl.gz`) holding the split."""
 
     def __init__(self, path: str | None, hub_name: str, hub_config: str | None, split: str, train_size: int | None, val_size: int,
-                 prompt_template: str, use_chat_template: bool, max_new_tokens: int, max_prompt_tokens: int | None, long_prompts: str):
-        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts)
+                 prompt_template: str, use_chat_template: bool, max_new_tokens: int, max_prompt_tokens: int | None, long_prompts: str,
+                 bad_answers: str = "error"):
+        super().__init__(path, hub_name, hub_config, prompt_template, use_chat_template, max_new_tokens, max_prompt_tokens, long_prompts, bad_answers)
         check("data.train_size", train_size, integer=True, low=0, optional=True)
         check("data.val_size", val_size, integer=True, low=0)
         self.split, self.train_size, self.val_size = split, train_size, val_size
@@ -245,9 +250,10 @@ class MATH500(OneSplitTask):
         max_new_tokens: int = 1024,
         max_prompt_tokens: int | None = 2048,
         long_prompts: str = "error",
+        bad_answers: str = "error",
     ):
         super().__init__(path, hub_name, hub_config, split, train_size, val_size, prompt_template, use_chat_template, max_new_tokens,
-                         max_prompt_tokens, long_prompts)
+                         max_prompt_tokens, long_prompts, bad_answers)
 
     def make_example(self, row: dict[str, Any], split: str, index: int) -> Example:
         problem = self.field(row, "problem", split, index)

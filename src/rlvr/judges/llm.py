@@ -87,6 +87,8 @@ class LLMJudge(Judge):
         self._malformed_error = choose("judge.on_malformed", on_malformed, ON_MALFORMED)
         check("judge.max_new_tokens", max_new_tokens, integer=True, low=1)
         check("judge.batch_size", batch_size, integer=True, low=1)
+        if prompt_template is not None and not isinstance(prompt_template, str):
+            raise ValueError(f"judge.prompt_template must be a file path or null, got {prompt_template!r}")
         path = Path(prompt_template) if prompt_template else DEFAULT_TEMPLATE
         if not path.is_file():
             raise FileNotFoundError(f"judge.prompt_template {str(path)!r} is not a file")

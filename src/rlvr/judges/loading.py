@@ -21,11 +21,11 @@ class LazyModel:
 
     def __init__(self, name: str, builder: ModelBuilder, device: str = "auto", dtype: str = "auto", gguf_file: str | None = None):
         if not name or not isinstance(name, str):
-            raise ValueError(f"judge model must be a hub name or a local folder, got {name!r}")
+            raise ValueError(f"judge.model must be a hub name or a local folder, got {name!r}")
         self.name = name
         self.builder = builder
         self.gguf = {"gguf_file": gguf_file} if gguf_file else {}  # a GGUF checkpoint in that folder (dequantised on load)
-        self.device = check_device(device)
+        self.device = check_device(device, "judge.device")
         self.dtype = check_dtype(dtype, "judge.dtype")  # resolved against the device at load time (rlvr.models.hf.resolve_dtype)
         self._loaded: tuple[Any, Any] | None = None
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
@@ -91,13 +93,13 @@ def load_tokenizer(source: str, **kwargs: Any):
     return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
-def check_device(device: str) -> str:
+def check_device(device: str, option: str = "device") -> str:
     if device == "auto":
         return device
     try:
         torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device {device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)") from err
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{option} {device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)") from err
     return device
 
 
@@ -149,7 +151,12 @@ class HFModel:
         self.dtype = check_dtype(dtype, "model.dtype")  # the trained weights: keep float32 (bf16 weights swallow small Adam steps)
         self.reference_dtype = check_dtype(reference_dtype, "model.reference_dtype") if reference_dtype else self.dtype  # frozen copy
         self.gradient_checkpointing = gradient_checkpointing
+        if lora and not isinstance(lora, Mapping):
+            raise ValueError(f"model.lora must be a mapping of LoRA settings (r, alpha, ...) or null, got {lora!r}")
         self.lora = dict(lora) if lora else None
+        if self.lora and self.lora.get("lora_dropout"):
+            # Dropout is off in the policy (disable_dropout), the adapters' too: the sampled and the scored policy are one function.
+            log.warning("model.lora.lora_dropout=%s is ignored: dropout is off in the policy, its adapters included", self.lora["lora_dropout"])
         self.trust_remote_code = trust_remote_code
         self.attn_implementation = attn_implementation
         self.bare_prompts = bare_prompts  # trained on the task's bare prompts: no instructions, examples or chat turns
@@ -171,6 +178,27 @@ class HFModel:
         tokenizer.padding_side = "left"
         return tokenizer
 
+    def context_length(self) -> int | None:
+        """The longest sequence (prompt and completion) the model takes, from its config alone: no weights are read
+        (of a local GGUF file, only its header's keys up to the context length). None when the config does not say,
+        logged: the context check of rlvr.data.checks is then off."""
+        from transformers import AutoConfig
+
+        local_gguf = Path(self.path) / self.gguf_file if self.gguf_file else None
+        if local_gguf is not None and local_gguf.is_file():
+            from rlvr.models.gguf_header import gguf_context_length
+
+            length = gguf_context_length(local_gguf)
+        else:
+            config = from_hub(AutoConfig.from_pretrained, self.path, "model.name_or_path", trust_remote_code=self.trust_remote_code, **self._gguf())
+            # GPT-2's n_positions comes through max_position_embeddings' attribute map; older configs name it otherwise.
+            length = next((v for v in (getattr(config, k, None) for k in ("max_position_embeddings", "n_ctx", "max_seq_len", "seq_length"))
+                           if isinstance(v, int) and v > 0), None)
+        if not (isinstance(length, int) and length > 0):
+            log.warning("%s's config gives no context length: prompts are checked against data.max_prompt_tokens only", self.name_or_path)
+            return None
+        return length
+
     def _load(self, dtype: str):
         from transformers import AutoModelForCausalLM
 
@@ -185,7 +213,6 @@ class HFModel:
 
     def load_policy(self) -> torch.nn.Module:
         model = self._load(self.dtype)
-        disable_dropout(model)
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False  # generation turns the cache back on in eval mode
@@ -193,6 +220,7 @@ class HFModel:
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **self.lora))
+        disable_dropout(model)  # after LoRA: its adapters bring their own dropout (lora_dropout)
         model.train()
         return model
 

@@ -37,6 +37,24 @@ class Reward(ABC):
     @abstractmethod
     def score(self, completion: str, example: Example) -> Score: ...
 
+    def check_reference(self, example: Example) -> str | None:
+        """Why no completion could ever be scored right on `example` (e.g. its reference answer is one this reward's
+        parser cannot read), or None when it can. Every problem goes through it before any model loads
+        (rlvr.data.checks.checked_splits): a refused one is an error naming it, or skipped (data.bad_answers=skip).
+        This default accepts every example; a reward with a parser overrides it, usually by scoring the reference
+        itself as a completion. Errors of the check itself (a broken sandbox) are raised, not returned."""
+        return None
+
+    def answer_completion(self, answer: str) -> str | None:
+        """A completion that gives `answer` and nothing else, as this reward reads answers (math: `\\boxed{answer}`),
+        or None (this default) when the reward has no such form. checked_splits scores one question's answer against
+        another row of the same question with it, so two right answers written differently are not a conflict."""
+        return None
+
+    def check_references(self, examples: list[Example]) -> list[str | None]:
+        """`check_reference` of each example, in order; a reward that can check many at once (in parallel) overrides this."""
+        return [self.check_reference(e) for e in examples]
+
     def __call__(self, completions: list[str], examples: list[Example]) -> tuple[Tensor, Tensor, int]:
         rewards, correct, errors = [], [], 0
         for i, (completion, example) in enumerate(zip(completions, examples, strict=True)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rlvr.batch import Example
-from rlvr.data.arithmetic import final_answer
+from rlvr.data.arithmetic import ANSWER_MARK, final_answer
 from rlvr.rewards.base import Reward, Score
 
 
@@ -17,3 +17,11 @@ class ExactAnswerReward(Reward):
         given = final_answer(completion)
         correct = given is not None and given == example.answer.strip()
         return Score(1.0 if correct else 0.0, correct)
+
+    def check_reference(self, example: Example) -> str | None:
+        if final_answer(self.answer_completion(example.answer)) != example.answer.strip():
+            return "not an integer the reward reads after '#' (digits, no thousands commas): no completion can match it"
+        return None
+
+    def answer_completion(self, answer: str) -> str:
+        return ANSWER_MARK + answer

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class Sandbox:
         readonly_paths: tuple[str, ...] | list[str] = (),
     ):
         self.bwrap = choose("reward.sandbox.isolation", isolation, {"bwrap": True, "none": False})
+        if not isinstance(python, str) or not python:
+            raise ValueError(f"reward.sandbox.python must be the path of a Python interpreter, got {python!r}")
+        if isinstance(readonly_paths, (str, bytes)) or not isinstance(readonly_paths, Sequence):
+            raise ValueError(f"reward.sandbox.readonly_paths must be a list of paths, got {readonly_paths!r}")
         self.timeout = check("reward.sandbox.timeout_seconds", timeout_seconds, low=0, low_open=True)
         self.cpu_seconds = check("reward.sandbox.cpu_seconds", cpu_seconds, integer=True, low=1)
         self.memory_mb = check("reward.sandbox.memory_mb", memory_mb, integer=True, low=64)
@@ -118,20 +123,25 @@ class Sandbox:
         self._self_test()
 
     # ---- the two kinds of run ---------------------------------------------------------------
-    def run_asserts(self, program: str, context: str, tests: str, bind: list[tuple[str, str]] | tuple = ()) -> AssertOutcome:
+    def run_asserts(self, program: str, context: str, tests: str, bind: list[tuple[str, str]] | tuple = (),
+                    timeout: float | None = None) -> AssertOutcome:
         """Run trusted `context` then trusted `tests` in the judge; each (test name, program name) of `bind` is the
-        program's function, called in the program's own process. Passed = the tests ran to the end."""
-        job = {"mode": "assert", "program": program, "context": context, "tests": tests, "bind": [list(b) for b in bind], "timeout": self.timeout}
-        events, timed_out, seconds, stderr = self._run(job, self.timeout + STARTUP_SECONDS, 1 << 20)
+        program's function, called in the program's own process. Passed = the tests ran to the end. `timeout`
+        replaces timeout_seconds for this run."""
+        timeout = self.timeout if timeout is None else timeout
+        job = {"mode": "assert", "program": program, "context": context, "tests": tests, "bind": [list(b) for b in bind], "timeout": timeout}
+        events, timed_out, seconds, stderr = self._run(job, timeout + STARTUP_SECONDS, 1 << 20)
         result = events.get("result")
         if result is not None:
             return AssertOutcome(result.get("passed") is True, result.get("timed_out") is True, seconds, str(result.get("error") or ""))
-        return AssertOutcome(False, timed_out, seconds, f"timed out after {self.timeout:g} s" if timed_out else "the judge was killed")
+        return AssertOutcome(False, timed_out, seconds, f"timed out after {timeout:g} s" if timed_out else "the judge was killed")
 
-    def run_stdio(self, program: str, inputs: list[str]) -> StdioOutcome:
-        """Run `program` once per input (its stdin); the output of each, for the caller to compare."""
-        job = {"mode": "stdio", "program": program, "inputs": list(inputs), "timeout": self.timeout, "max_output": self.max_output}
-        wall = len(inputs) * (self.timeout + 0.5) + STARTUP_SECONDS
+    def run_stdio(self, program: str, inputs: list[str], timeout: float | None = None) -> StdioOutcome:
+        """Run `program` once per input (its stdin); the output of each, for the caller to compare. `timeout` replaces
+        timeout_seconds for this run."""
+        timeout = self.timeout if timeout is None else timeout
+        job = {"mode": "stdio", "program": program, "inputs": list(inputs), "timeout": timeout, "max_output": self.max_output}
+        wall = len(inputs) * (timeout + 0.5) + STARTUP_SECONDS
         cap = len(inputs) * (6 * self.max_output + (16 << 10)) + (1 << 20)  # JSON escapes a byte to at most 6
         events, timed_out, seconds, _ = self._run(job, wall, cap)
         result = events.get("result")
