@@ -14,7 +14,7 @@ from rlvr.evaluate import evaluate, load_checkpoint_weights, pass_at_k, score_pr
 from rlvr.models.hf import HFModel
 from rlvr.models.tiny import build_char_tokenizer, tiny_qwen2_config
 from rlvr.rewards.exact import ExactAnswerReward
-from rlvr.rollout.base import Generation
+from rlvr.rollout.base import Generation, RolloutEngine
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -199,3 +199,28 @@ def test_mismatched_checkpoint_is_an_error(tiny_model, tmp_path):
         load_checkpoint_weights(policy, ckpt)
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         load_checkpoint_weights(policy, tmp_path / "absent.ckpt")
+
+
+class FixedEngine(RolloutEngine):
+    """A non-HF engine (as vLLM: no batch_size): answers "#0" to every prompt and records each call's size."""
+
+    calls: list[int] = []
+
+    def __init__(self, num_generations=8, temperature=1.0, top_p=1.0, max_new_tokens=16, **_other_engines_options):
+        super().__init__(num_generations, temperature, top_p, max_new_tokens)
+
+    def generate(self, prompt_ids, max_new_tokens=None, greedy=False):
+        FixedEngine.calls.append(len(prompt_ids))
+        tok = build_char_tokenizer("0123456789+=;#")
+        return [Generation(tok("#0", add_special_tokens=False)["input_ids"] + [tok.eos_token_id], True) for _ in prompt_ids]
+
+    def update_weights(self, model, tokenizer=None):
+        pass
+
+
+def test_evaluate_runs_through_an_engine_without_a_batch_size(tiny_model, tmp_path):
+    FixedEngine.calls = []
+    report = evaluate(eval_config(tiny_model, f"rollout._target_={__name__}.FixedEngine"), tmp_path)
+    assert not hasattr(FixedEngine(), "batch_size")
+    assert FixedEngine.calls == [6, 6 * 4]  # every problem in one call: greedy, then n = 4 samples each
+    assert report["results"]["arithmetic"]["num_problems"] == 6

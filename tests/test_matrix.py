@@ -55,6 +55,12 @@ def test_one_real_step(stand_ins, tmp_path, family, data, plugins):
             "algorithm.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=12",
             "max_steps=1", "val_every=100", "export_policy=false", "judge.max_new_tokens=4" if data != "arithmetic" else "seed=0",
         ])
+    if family == "tiny" and data == "math500" and plugins == "sgpo+adaptive":
+        # Its 256 positions hold no MATH-500 problem with its reference solution (characters are tokens): refused
+        # before the weights load, naming the fix, not cut short mid-roll-out.
+        with pytest.raises(ValueError, match="guided training prompts are longer than .* all of them: use a model with a longer context"):
+            build_module(cfg)
+        return
     module = build_module(cfg)
     trainer = build_trainer(cfg, tmp_path, module.algorithm.optimizer_steps_per_rollout)
     trainer.fit(module)

@@ -115,6 +115,66 @@ def test_micro_batches_and_shared_prefix_give_the_same_gradient(tmp_path, monkey
     assert (other - plain).norm() / plain.norm() < 1e-5
 
 
+@pytest.fixture(scope="module")
+def off_policy_update():
+    """(module, hand-built batch with advantages and perturbed old log-probs, gradient of module.update) on one
+    module built once: each loss x aggregation swaps only the loss plugin and the micro-batch split."""
+    import dataclasses
+
+    from rlvr.logprobs import completion_logprobs
+
+    cfg, module, _ = module_on_hand_batch("algorithm.shared_prefix=false")
+    batch = hand_built_batch(module.tokenizer)
+    batch.rewards, batch.correct, _ = module.reward(batch.completion_texts, batch.examples)
+    batch.advantages = module.advantage(batch)
+    with torch.no_grad():  # ratios spread around 1, so clipping, gates and dual-clip all take part
+        current, _ = completion_logprobs(module.policy, batch)
+        batch.old_logprobs = current + 0.3 * torch.randn(current.shape, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.SGD(module.policy.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    module.optimizers, module.lr_schedulers = lambda: optimizer, lambda: scheduler
+    module.manual_backward = lambda loss: loss.backward()
+
+    def gradient(loss_node, monkeypatch, **split):
+        module.loss = instantiate(loss_node)
+        module.algorithm = dataclasses.replace(module.algorithm, **split)
+        seen, clip = [], torch.nn.utils.clip_grad_norm_
+
+        def capture(parameters, *args, **kwargs):
+            parameters = list(parameters)
+            seen.append(torch.cat([p.grad.flatten() for p in parameters]))
+            return clip(parameters, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
+        module.update(batch)
+        return seen[0]
+
+    return cfg, gradient
+
+
+FAMILY_LOSSES = ["ppo_clip", "gspo", "cispo", "sapo", "gmpo", "clip_cov", "kl_cov"]
+AGGREGATIONS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+# What a loss computes over the whole batch it is called on (the micro-batch) is the one thing a split may change:
+# top_entropy_quantile's quantile, Clip-Cov's and KL-Cov's covariance selection (their YAMLs say so;
+# tests/test_family_losses.py tests that rule). Here they are set so that nothing is selected (or, for KL-Cov,
+# so that the selected penalty is 0), and the rest of each loss must not depend on the split.
+POPULATION_FREE = {"clip_cov": {"clip_cov_lb": 1e6, "clip_cov_ub": 1e7}, "kl_cov": {"kl_cov_coef": 0.0}}
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("loss", FAMILY_LOSSES)
+def test_every_loss_and_aggregation_gives_the_same_gradient_in_micro_batches(off_policy_update, monkeypatch, loss, aggregation):
+    cfg, gradient = off_policy_update
+    with initialize_config_module("rlvr.conf", version_base="1.3"):
+        node = compose("train", overrides=[f"loss={loss}", f"loss.aggregation={aggregation}"]).loss
+    node.update(POPULATION_FREE.get(loss, {}))
+    whole = gradient(node, monkeypatch, micro_batch_size=None, max_tokens_per_micro_batch=None)
+    assert whole.norm() > 0
+    for split in ({"micro_batch_size": 3}, {"max_tokens_per_micro_batch": 60}):  # 3 + 3 + 2 samples (splits groups); by tokens
+        parts = gradient(node, monkeypatch, **{"micro_batch_size": None, "max_tokens_per_micro_batch": None, **split})
+        assert (parts - whole).norm() / whole.norm() < 1e-5, split
+
+
 @pytest.mark.parametrize("loss", ["ppo_clip", "gspo"])
 def test_mini_batches_take_that_many_optimizer_steps(tmp_path, loss):
     _, _, module, _, trainer = fit_on_hand_batch(tmp_path, "algorithm.mini_batches=2", "algorithm.ppo_epochs=2", f"loss={loss}")
@@ -131,8 +191,8 @@ class NaNOnce:
     def __getattr__(self, name):
         return getattr(self.loss, name)
 
-    def __call__(self, *args):
-        loss, stats = self.loss(*args)
+    def __call__(self, *args, **kwargs):
+        loss, stats = self.loss(*args, **kwargs)
         if self.times > 0:
             self.times -= 1
             loss = loss * float("nan")
@@ -186,9 +246,12 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run(tmp_path, monkeypatch
         raise OSError(f"No space left on device: {path}")
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", full_disk)
+    from rlvr.checkpoints import StepCheckpoints
+
     cfg, module, _ = module_on_hand_batch("checkpoint_every=1")
+    checkpoints = StepCheckpoints(tmp_path / "checkpoints", every=1, steps_per_rollout=1, config={})
     with pytest.raises(OSError, match="No space left on device: .*step000001.ckpt"):
-        build_trainer(cfg, tmp_path, 1).fit(module)
+        build_trainer(cfg, tmp_path, 1, callbacks=[checkpoints]).fit(module)
 
 
 class Measured:

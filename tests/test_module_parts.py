@@ -47,7 +47,8 @@ def test_algorithm_config_rejects_bad_values():
     ("algorithm.mini_batches=65", "exceeds the 64 samples"),
     ("rollout.num_generations=1", "a group needs >= 2 roll-outs"),
     ("rollout.temperature=0", "temperature > 0"),
-    ("optimizer.lr=-0.001", "optimizer / scheduler settings: Invalid learning rate: -0.001"),
+    ("optimizer.lr=-0.001", "optimizer.lr must be a number > 0, got -0.001"),
+    ("optimizer.lr=0", "optimizer.lr must be a number > 0, got 0"),
     ("scheduler.min_lr_ratio=3", "scheduler.min_lr_ratio must be a number >= 0 and <= 1"),
 ])
 def test_run_options_fail_before_any_model_loads(override, message):
@@ -104,13 +105,13 @@ def test_auto_resume_finds_the_run_directorys_last_checkpoint_or_starts_fresh(tm
 
 
 def test_a_corrupt_checkpoint_names_the_file_and_the_ones_beside_it(tmp_path):
-    from rlvr.train import metrics_before
+    from rlvr.train import read_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")  # a write cut short
     (tmp_path / "checkpoints" / "step000100.ckpt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt cannot be read .*other checkpoints there: step000100.ckpt"):
-        metrics_before(str(tmp_path / "checkpoints" / "last.ckpt"), tmp_path)
+        read_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
 
 
 def test_checkpoints_are_written_atomically_beside_their_target(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlvr.batch import Example
+from rlvr.data.checks import checked_examples
 from rlvr.data.prompts import PromptEncoder
 from rlvr.models.hf import resolve_device
 
@@ -141,18 +142,23 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     reward = instantiate(cfg.reward)
     engine = instantiate(cfg.rollout, temperature=cfg.eval.temperature)
     tokenizer = model.load_tokenizer()
+    encoder = PromptEncoder(data, tokenizer, model.bare_prompts)
+    # Training's row checks on the evaluated rows, before the weights load (data.bad_answers / long_prompts apply).
+    examples = checked_examples(data.val()[:limit], "validation", data, encoder.batch, reward,
+                                getattr(model, "context_length", lambda: None)(), engine.max_new_tokens)
+    if not examples:
+        raise ValueError(f"data {data.name!r}: val() returned no problems")
     policy = model.load_policy()
     if cfg.ckpt is not None:
         load_checkpoint_weights(policy, cfg.ckpt)
     policy.to(resolve_device(cfg.device)).eval()
     engine.update_weights(policy, tokenizer)
 
-    examples = data.val()[:limit]
-    if not examples:
-        raise ValueError(f"data {data.name!r}: val() returned no problems")
-    chunk = max(1, engine.batch_size // max(n, 1))  # about one generate batch of samples per step
+    # About one generate batch of samples per step; an engine without a batch size (vLLM schedules its own) gets all.
+    batch_size = getattr(engine, "batch_size", None)
+    chunk = max(1, batch_size // max(n, 1)) if batch_size else len(examples)
     tally: dict[str, int] = {}
-    problems = score_problems(examples, PromptEncoder(data, tokenizer, model.bare_prompts), tokenizer, engine, reward, n, chunk, tally)
+    problems = score_problems(examples, encoder, tokenizer, engine, reward, n, chunk, tally)
     results = {data.name: summarise(problems, n, k)}
     if tally.get("reward_errors"):
         log.warning("%d completions could not be scored (reward.on_error=zero scored them 0)", tally["reward_errors"])

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rlvr.batch import RolloutBatch
+from rlvr.models.hf import pad_token_id
 
 SHOWN = ("train/reward", "train/accuracy")  # on the progress bar
 
@@ -57,12 +58,27 @@ def timed(timings: dict[str, float], name: str):
     timings[name] = time.perf_counter() - start
 
 
+def completion_lengths(batch: RolloutBatch) -> torch.Tensor:
+    """[N] tokens the policy generated itself, its EOS included: not copied guidance tokens, nor padding an engine
+    returned (a pad token that is not EOS, or anything after the first EOS)."""
+    ids, positions = batch.completion_ids, torch.arange(batch.completion_ids.shape[1], device=batch.completion_ids.device)
+    own = batch.token_mask.bool() & (positions[None, :] >= batch.guidance_tokens[:, None].to(ids.device))
+    tokenizer = batch.tokenizer
+    if tokenizer is not None:
+        pad, eos = pad_token_id(tokenizer), tokenizer.eos_token_id
+        if pad != eos:
+            own &= ids != pad
+        if eos is not None:
+            is_eos = own & (ids == eos)
+            own &= (is_eos.cumsum(-1) - is_eos.long()) == 0  # up to and including the first EOS
+    return own.sum(-1).float()
+
+
 def step_metrics(batch: RolloutBatch, update: dict[str, float], timings: dict[str, float], **extra: float) -> dict[str, float]:
     """Rank-local metrics of one step (the trainer averages them over ranks); `extra` is added as it is."""
     correct = batch.correct.float()
     group_correct = correct.view(batch.num_groups, batch.group_size).sum(-1)
-    # Tokens the policy generated itself (copied guidance tokens are not roll-out work).
-    lengths = (batch.token_mask.sum(-1) - batch.guidance_tokens).float()
+    lengths = completion_lengths(batch)
     group_signal = batch.advantages.abs().sum(-1).view(batch.num_groups, -1).sum(-1) > 0
     return {
         "train/reward": batch.rewards.float().mean().item(),

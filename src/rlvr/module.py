@@ -17,7 +17,7 @@ from rlvr.data.checks import checked_splits
 from rlvr.data.prompts import PromptEncoder
 from rlvr.data.stream import PromptStream, StepCounter
 from rlvr.guidance.base import Guidance
-from rlvr.logprobs import batch_logprobs, completion_logits, entropy_from_logits, token_logprobs
+from rlvr.logprobs import batch_logprobs, completion_logprobs
 from rlvr.losses.base import PolicyLoss
 from rlvr.metrics import SHOWN, PeakMemory, plugin_metrics, step_metrics, timed
 from rlvr.models.hf import HFModel
@@ -41,7 +41,8 @@ class RLVRModule(pl.LightningModule):
         self.tokenizer = model.load_tokenizer()
         self.encode_prompts = PromptEncoder(data, self.tokenizer, bare=model.bare_prompts).batch
         # Before the weights load: a bad data set fails in seconds, not after minutes of loading a 7B model.
-        train, self.val_examples = checked_splits(data, self.encode_prompts, guidance)  # lengths, overlap, guidability
+        train, self.val_examples = checked_splits(data, self.encode_prompts, guidance, reward, getattr(model, "context_length", lambda: None)(),
+                                                   rollout.max_new_tokens, self.tokenizer)
         self.policy = model.load_policy()
         # In a list, so the frozen copy is neither saved in checkpoints nor seen by the optimizer.
         self._reference = [model.load_reference()] if loss.needs_reference else []
@@ -56,6 +57,7 @@ class RLVRModule(pl.LightningModule):
         self.peak_memory.reset()
         with timed(timings, "rollout"):
             batch = self.roll_out(self.prompts.next(self.global_rank, self.trainer.world_size)).to(self.device)
+            batch.metrics.update(self.rollout_engine.last_metrics)
         with timed(timings, "reward"):
             rewards, correct, reward_errors = self.reward(batch.completion_texts, batch.examples)
             batch.rewards, batch.correct = rewards.to(self.device), correct.to(self.device)
@@ -64,10 +66,11 @@ class RLVRModule(pl.LightningModule):
             batch.advantages = self.advantage(batch)
         with timed(timings, "update"):
             passes, algo = self.algorithm.micro_batches(batch), self.algorithm
+            scoring = (self.logprob_temperature, passes, algo.shared_prefix, algo.logprob_chunk_tokens)
             if algo.needs_old_logprobs:  # else the update's own log-probs, detached, are the old ones
-                batch.old_logprobs = batch_logprobs(self.policy, batch, self.logprob_temperature, passes, algo.shared_prefix)
+                batch.old_logprobs = batch_logprobs(self.policy, batch, *scoring)
             if self._reference:
-                batch.ref_logprobs = batch_logprobs(self._reference[0], batch, self.logprob_temperature, passes, algo.shared_prefix)
+                batch.ref_logprobs = batch_logprobs(self._reference[0], batch, *scoring)
             update_stats = self.update(batch)
         self.rollout_engine.update_weights(self.policy)
         self.guidance.observe(batch)
@@ -110,12 +113,11 @@ class RLVRModule(pl.LightningModule):
         return {key: value / algo.optimizer_steps_per_rollout for key, value in totals.items()}
 
     def micro_loss(self, micro: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = completion_logits(self.policy, micro, self.algorithm.shared_prefix)
-        logprobs = token_logprobs(logits, micro.completion_ids, self.logprob_temperature)
+        algo = self.algorithm
+        logprobs, entropy = completion_logprobs(self.policy, micro, self.logprob_temperature, algo.shared_prefix, algo.logprob_chunk_tokens)
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
-        loss, stats = self.loss(logprobs, old, micro.advantages, micro.loss_mask, micro.ref_logprobs)
-        with torch.no_grad():
-            stats["entropy"] = masked_mean(entropy_from_logits(logits, self.logprob_temperature), micro.loss_mask)
+        loss, stats = self.loss(logprobs, old, micro.advantages, micro.loss_mask, micro.ref_logprobs, entropy=entropy)
+        stats["entropy"] = masked_mean(entropy, micro.loss_mask)
         return loss, stats
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -26,3 +27,22 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, w
     check("scheduler.warmup_steps", warmup_steps, integer=True, low=0)
     check("scheduler.min_lr_ratio", min_lr_ratio, low=0, high=1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio))
+
+
+def apply_optimizer_changes(optimizer: torch.optim.Optimizer, scheduler: Any, changes: dict[str, tuple[Any, Any]]) -> None:
+    """Put changed optimizer settings ({name: (then, now)}, e.g. on resume) into a restored optimizer. A new lr
+    rescales the schedule: this step's lr and every later one are the new lr times the schedule's factor."""
+    for name, (then, now) in changes.items():
+        if name in ("_target_", "_partial_", "_convert_"):
+            raise ValueError(f"optimizer.{name} changed from {then!r} to {now!r}: a resumed run keeps its optimizer class")
+        for group in optimizer.param_groups:
+            if name not in group:
+                raise ValueError(f"optimizer.{name} changed from {then!r} to {now!r}, but the optimizer has no such setting to change")
+            if name == "lr":
+                group["lr"] *= now / then
+                group["initial_lr"] = now
+            else:
+                group[name] = type(group[name])(now) if isinstance(group[name], tuple) else now
+        if name == "lr" and hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [now] * len(scheduler.base_lrs)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

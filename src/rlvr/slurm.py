@@ -2,8 +2,8 @@
 
 - A job whose training raises exits non-zero: Slurm records it FAILED and its own log holds the traceback
   (Hydra's job runner would otherwise turn the error into a result, and the job would end COMPLETED 0:0).
-- The signal Slurm sends before the time limit (or on preemption) only sets a flag; at the end of that training
-  step the run saves `last.ckpt`, then submitit requeues the job. The requeued job runs the same sweep point in
+- The signal Slurm sends before the time limit (or on preemption) only sets a flag; once that training step is
+  recorded the run saves `last.ckpt`, then submitit requeues the job. The requeued job runs the same sweep point in
   the same run directory and `rlvr.train` resumes it from that checkpoint (`SLURM_RESTART_COUNT` > 0).
 - GPUs and tasks per node follow `trainer.accelerator` / `trainer.devices` (resolvers below).
 """
@@ -16,12 +16,13 @@ import signal
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import ListConfig, OmegaConf
+
+from rlvr.checkpoints import StepCheckpoints, StopOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -95,47 +96,44 @@ def lightning_plugins() -> list:
     return [SLURMEnvironment(auto_requeue=False)] if submitit_job() else []
 
 
-class RequeueOnSignal(pl.Callback):
+class RequeueOnSignal(StopOnSignal):
     """Checkpoint at a step boundary, then let submitit requeue the job.
 
-    submitit's own handler requeues at once, wherever training is; here it only runs once the step is saved.
-    The checkpoint is written where ModelCheckpoint writes its own (the end of the step); the job leaves at the
-    start of the next step, once that step's metrics and any validation due are logged, since a resumed run
-    neither logs them again nor repeats that validation. Every rank decides together (a signal seen by any rank):
-    saving is collective under DDP.
+    submitit's own handler requeues at once, wherever training is; here it only runs once the step is saved: at the
+    start of the next step, when that step's metrics and any validation due are written (rlvr.checkpoints). A signal
+    while the model loads waits for the first step. Every rank decides together (a signal seen by any rank).
     """
 
-    def __init__(self, last_ckpt: Path, sig: signal.Signals | None = None) -> None:
-        self.last_ckpt = last_ckpt
-        self.signal = sig or requeue_signal()
-        self.requested = False
-        self.saved = False
+    def __init__(self, checkpoints: StepCheckpoints | None = None, sig: signal.Signals | None = None) -> None:
+        super().__init__(checkpoints, (sig or requeue_signal(),))
+        self.armed = True  # never exits from the handler itself: the job requeues, with its step saved
         self.submitit_handler: Callable | None = None
 
+    @property
+    def signal(self) -> signal.Signals:
+        return self.signals[0]
+
     def install(self) -> "RequeueOnSignal":
-        previous = signal.getsignal(self.signal)
-        self.submitit_handler = previous if callable(previous) else None
+        if self.submitit_handler is None:
+            previous = signal.getsignal(self.signal)
+            self.submitit_handler = previous if callable(previous) and previous != self._note else None
         signal.signal(self.signal, self._note)
         return self
 
     def _note(self, signum: int, frame: Any) -> None:
-        self.requested = True  # nothing else: writing to a stream here could re-enter a write in progress
+        self.received = signal.Signals(signum)  # acted on at the step's end, however often it comes
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self.saved or not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
-            return
-        log.warning(f"received {self.signal.name}: saving {self.last_ckpt} at step {trainer.global_step}, then requeueing")
-        trainer.save_checkpoint(self.last_ckpt)
-        self.saved = True
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        pass  # after training the job ends by itself
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        if not self.saved:
-            return
+    def stop(self, trainer: pl.Trainer) -> None:
+        log.warning(f"received {self.signal.name}: saving {self.checkpoints.last} at step {trainer.global_step}, then requeueing")
+        self.checkpoints.save(trainer, last=True)
         if not trainer.is_global_zero:
             time.sleep(120)  # rank 0 requeues the whole job, which ends this task too; leaving first could end the job
             raise SystemExit("the job was to be requeued by rank 0 but this task was not stopped")
         if self.submitit_handler is None:
-            raise RuntimeError(f"received {self.signal.name} and saved {self.last_ckpt}, but no submitit handler is "
+            raise RuntimeError(f"received {self.signal.name} and saved {self.checkpoints.last}, but no submitit handler is "
                                "there to requeue the job: resume it with ckpt_path=auto and the same hydra.run.dir")
         # submitit: requeue (`scontrol requeue`) and exit; or raise where no requeue is left (max_num_timeout)
         self.submitit_handler(self.signal, None)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,34 @@ def check_finite(policy: torch.nn.Module) -> None:
         raise FloatingPointError(f"{len(bad)} policy tensors hold NaN/inf (e.g. {bad[0]}): no checkpoint is written")
 
 
+# How a full disk reads where it is not an OSError: torch's zip writer, safetensors (a plain Exception), Rust's io.
+FULL_DISK_MESSAGES = ("unexpected pos", "os error 28", "no space left", "disk quota exceeded")
+
+
+def full_disk(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(err).lower() for text in FULL_DISK_MESSAGES)
+
+
+@contextmanager
+def disk_errors(what: str, path: Path):
+    """A failed write of `what` at `path` because the disk is full is an OSError naming it and the space left there:
+    torch reports a full disk as `[enforce fail at inline_container.cc] unexpected pos`, safetensors as a bare
+    SafetensorError; neither names the cause. Any other error passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if not full_disk(err):
+            raise
+        try:
+            free = f"{shutil.disk_usage(Path(path).parent).free / 1e9:.2f} GB free there"
+        except OSError:
+            free = "free space unknown"
+        raise OSError(errno.ENOSPC, f"writing {what} {path} failed, the disk is full or over quota ({free}): free space "
+                      f"or move the run directory, then resume with ckpt_path=auto ({type(err).__name__}: {err})") from err
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file beside it, then renames it into place. On the run directory's own
     filesystem the rename is atomic, so a crash leaves the old checkpoint or the new one, never a truncated one
@@ -59,7 +90,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         staged = path.with_name(f".{path.name}.partial")
         try:
-            with open(staged, "wb") as handle:
+            with disk_errors("checkpoint", path), open(staged, "wb") as handle:
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())

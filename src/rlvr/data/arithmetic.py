@@ -123,6 +123,7 @@ class ArithmeticTask:
         check("data.max_value", max_value, integer=True, low=1)
         check("data.train_size", train_size, integer=True, low=0)
         check("data.val_size", val_size, integer=True, low=0)
+        check("data.seed", seed, integer=True, low=0)
         self.min_terms, self.max_terms, self.max_value = min_terms, max_terms, max_value
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.max_new_tokens = check("data.max_new_tokens", max_new_tokens, integer=True, low=1)  # fits a 5-term answer

@@ -165,7 +165,8 @@ class HFEngine(RolloutEngine):
             return {name: static} if static is not None else {}
         cache = DynamicCache()
         ids, mask = input_ids[first, :-1], attention[first, :-1]
-        model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, **{name: cache})
+        # Only the cache is wanted: logits_to_keep=1, or the pass would build [prompts, width, vocab] logits for nothing.
+        model(input_ids=ids, attention_mask=mask, position_ids=prompt_positions(mask), use_cache=True, logits_to_keep=1, **{name: cache})
         expanded = expanded_cache(cache, inverse)
         if static is None:
             return {name: expanded}
