@@ -157,7 +157,7 @@ def test_max_cache_tokens_fixes_the_cache_length_for_prompts_that_fit():
     eager = engine_for(model, TOKENIZER, "eager", max_new_tokens=8)
     for rows in ([short], [long, short], [long] * 4):
         assert tokens(engine, rows, greedy=True) == tokens(eager, rows, greedy=True)
-        assert engine._cache_len == 64 and {c.layers[0].keys.shape[2] for c in engine._caches.values()} == {64}
+        assert engine._cache_len == 64 and engine._caches == {}  # every call's fresh cache has that length; none is kept
     with pytest.raises(ValueError, match="rollout.max_cache_tokens"):
         HFEngine(max_cache_tokens=0)
 

@@ -341,7 +341,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir, restarted=restarted)
     if restarted:
         log.info(f"Slurm restart {os.environ['SLURM_RESTART_COUNT']}: " + (f"resuming from {ckpt_path}" if ckpt_path else "no checkpoint yet, starting over"))
-    config = OmegaConf.to_container(cfg, resolve=True)
+    # The run's own settings: a config composed with Hydra's node (tests, launchers) resolves that node only in a job.
+    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+    config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     saved = read_checkpoint(ckpt_path) if ckpt_path else None  # also checks the checkpoint before any model loads
     changes = config_changes(saved.get("config"), config, ckpt_path) if saved else {}
     steps_per_rollout = algorithm.optimizer_steps_per_rollout
