@@ -162,7 +162,7 @@ def test_sweep_of_two_seeds_runs_as_slurm_jobs_and_returns_their_results(tmp_pat
 def test_a_failing_job_exits_non_zero_is_failed_in_slurm_and_the_sweep_names_its_error(tmp_path, slurm):
     result = sweep(tmp_path, slurm, "max_steps=1", "val_every=100", "export_policy=false", "optimizer.lr=1e-3,-1")  # the second job's lr is invalid
     assert result.returncode != 0
-    assert "ValueError: optimizer / scheduler settings: Invalid learning rate: -1" in result.stderr
+    assert "ValueError: optimizer.lr must be a number > 0, got -1" in result.stderr
     good, bad = job_ids(tmp_path / "sweep")
     assert settled(good, slurm) == [("COMPLETED", "0:0")]
     assert settled(bad, slurm) == [("FAILED", "1:0")]
