@@ -167,7 +167,7 @@ def test_a_failing_job_exits_non_zero_is_failed_in_slurm_and_the_sweep_names_its
     assert settled(good, slurm) == [("COMPLETED", "0:0")]
     assert settled(bad, slurm) == [("FAILED", "1:0")]
     log = (tmp_path / "sweep" / ".submitit" / bad / f"{bad}_0_log.err").read_text()
-    assert "Invalid learning rate: -1" in log and 'File "' in log  # the traceback, in the job's own log
+    assert "optimizer.lr must be a number > 0, got -1" in log and 'File "' in log  # the traceback, in the job's own log
 
 
 def seconds_per_step(tmp_path: Path, env: dict) -> float:
