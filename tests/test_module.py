@@ -87,8 +87,8 @@ def test_update_equals_a_plain_pytorch_ppo_step(tmp_path):
     assert_same_weights(after, expected, atol=1e-6)  # Adam magnifies float noise in near-zero gradients
 
 
-def update_gradient(tmp_path, monkeypatch, *overrides):
-    """The policy's gradient at the step's clipping point (all micro-batches accumulated), as one vector."""
+def clipped_gradients(monkeypatch) -> list:
+    """Filled with the policy's gradient at each clipping point (all micro-batches accumulated), as one vector."""
     seen, clip = [], torch.nn.utils.clip_grad_norm_
 
     def capture(parameters, *args, **kwargs):
@@ -97,6 +97,12 @@ def update_gradient(tmp_path, monkeypatch, *overrides):
         return clip(parameters, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
+    return seen
+
+
+def update_gradient(tmp_path, monkeypatch, *overrides):
+    """The policy's gradient at the step's clipping point, as one vector."""
+    seen = clipped_gradients(monkeypatch)
     fit_on_hand_batch(tmp_path, *overrides)
     return seen[0]
 
@@ -138,14 +144,7 @@ def off_policy_update():
     def gradient(loss_node, monkeypatch, **split):
         module.loss = instantiate(loss_node)
         module.algorithm = dataclasses.replace(module.algorithm, **split)
-        seen, clip = [], torch.nn.utils.clip_grad_norm_
-
-        def capture(parameters, *args, **kwargs):
-            parameters = list(parameters)
-            seen.append(torch.cat([p.grad.flatten() for p in parameters]))
-            return clip(parameters, *args, **kwargs)
-
-        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", capture)
+        seen = clipped_gradients(monkeypatch)
         module.update(batch)
         return seen[0]
 
